@@ -1,0 +1,127 @@
+"""Model names, their architectures and the paper's figures for them; `create_model` and `list_models`."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from torch import nn
+
+from .convnext import ConvNeXt, ConvNeXtFeatures
+from .isotropic import ConvNeXtIsotropic
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """One named model: its class, constructor arguments, and what the paper reports for it.
+
+    `paper` holds the paper's printed figures (params in millions, GMACs at 224/384, top-1), used by
+    `convnext models` to print them beside our counts; `None` where the paper gives none.
+    """
+
+    cls: type[nn.Module]
+    kwargs: dict[str, Any]
+    paper: dict[str, float | None] = field(default_factory=dict)
+
+
+def _h(depths, dims, **paper) -> ModelSpec:
+    return ModelSpec(ConvNeXt, {"depths": depths, "dims": dims}, paper)
+
+
+def _iso(depth, dim, layer_scale, **paper) -> ModelSpec:
+    return ModelSpec(ConvNeXtIsotropic, {"depth": depth, "dim": dim, "layer_scale_init_value": layer_scale}, paper)
+
+
+# Paper Table 9 / the official README (reference/paper.md section 1). ConvNeXt-V2 sizes with V1 blocks.
+MODELS: dict[str, ModelSpec] = {
+    "convnext_atto": _h((2, 2, 6, 2), (40, 80, 160, 320), params=3.7, gmacs_224=0.55),
+    "convnext_femto": _h((2, 2, 6, 2), (48, 96, 192, 384), params=5.2, gmacs_224=0.78),
+    "convnext_pico": _h((2, 2, 6, 2), (64, 128, 256, 512), params=9.1, gmacs_224=1.37),
+    "convnext_nano": _h((2, 2, 8, 2), (80, 160, 320, 640), params=15.6, gmacs_224=2.45),
+    "convnext_tiny": _h((3, 3, 9, 3), (96, 192, 384, 768), params=28.59, gmacs_224=4.46, gmacs_384=13.09, top1=82.1),
+    "convnext_small": _h((3, 3, 27, 3), (96, 192, 384, 768), params=50.22, gmacs_224=8.68, gmacs_384=25.52,
+                         top1=83.1),
+    "convnext_base": _h((3, 3, 27, 3), (128, 256, 512, 1024), params=88.59, gmacs_224=15.35, gmacs_384=45.12,
+                        top1=83.8),
+    "convnext_large": _h((3, 3, 27, 3), (192, 384, 768, 1536), params=197.77, gmacs_224=34.36,
+                         gmacs_384=100.98, top1=84.3),
+    "convnext_xlarge": _h((3, 3, 27, 3), (256, 512, 1024, 2048), params=350.20, gmacs_224=60.92,
+                          gmacs_384=179.03, top1=87.0),
+    "convnext_iso_small": _iso(18, 384, 0.0, params=22.31, gmacs_224=4.29, top1=79.7),
+    "convnext_iso_base": _iso(18, 768, 0.0, params=87.08, gmacs_224=16.90, top1=82.0),
+    "convnext_iso_large": _iso(36, 1024, 1e-6, params=305.94, gmacs_224=59.70, top1=82.6),
+}
+# XL's top-1 is the 22K->1K figure: the paper trains XL on ImageNet-22K only.
+
+IN22K_CLASSES = 21841
+
+
+def list_models(pattern: str = "*") -> list[str]:
+    """Names of the models `create_model` builds, optionally filtered by a shell-style pattern."""
+    from fnmatch import fnmatch
+
+    return [n for n in MODELS if fnmatch(n, pattern)]
+
+
+def create_model(
+    name: str,
+    *,
+    pretrained: bool | str = False,
+    num_classes: int | None = None,
+    in_chans: int = 3,
+    drop_path_rate: float = 0.0,
+    layer_scale_init_value: float | None = None,
+    head_init_scale: float = 1.0,
+    features_only: bool = False,
+    out_indices: tuple[int, ...] = (0, 1, 2, 3),
+    compute_path: str = "auto",
+    **kwargs: Any,
+) -> nn.Module:
+    """Build a ConvNeXt by name, optionally with weights.
+
+    Args:
+        name: one of `list_models()`.
+        pretrained: False; True for the default official release; a tag such as "in22k_ft_in1k_384";
+            or the path of a checkpoint in any layout `convnext.load_state_dict` reads.
+        num_classes: classifier outputs (default 1000, or what the pretrained weights have;
+            `IN22K_CLASSES` = 21841 for the 22K head). If it differs from the checkpoint's, only the
+            head is re-initialised, with a warning.
+        in_chans: input channels.
+        drop_path_rate: stochastic depth of the last block.
+        layer_scale_init_value: initial `gamma` (default 1e-6; the isotropic S/B default to none).
+        head_init_scale: scale of the initial classifier weights.
+        features_only: return the detection/segmentation backbone (hierarchical models only), whose
+            forward gives the `out_indices` stage outputs, each through its own LayerNorm.
+        compute_path: "auto", "linear" or "conv" (see `ConvNeXt.set_compute_path`).
+        **kwargs: further constructor arguments (e.g. `patch_size`, `kernel_size`, `depths`, `dims`).
+    """
+    if name not in MODELS:
+        import difflib
+
+        close = difflib.get_close_matches(name, MODELS, n=3)
+        hint = f" Did you mean {', '.join(close)}?" if close else ""
+        raise ValueError(f"Unknown model {name!r}.{hint} Available: {', '.join(list_models())}")
+    spec = MODELS[name]
+    args = dict(spec.kwargs)
+    if layer_scale_init_value is not None:
+        args["layer_scale_init_value"] = layer_scale_init_value
+    args.update(kwargs)
+    args.update(in_chans=in_chans, drop_path_rate=drop_path_rate, head_init_scale=head_init_scale,
+                compute_path=compute_path)
+
+    if pretrained:
+        from ..checkpoints import create_pretrained
+
+        return create_pretrained(name, spec, args, pretrained, num_classes=num_classes,
+                                 features_only=features_only, out_indices=out_indices)
+
+    args["num_classes"] = 1000 if num_classes is None else num_classes
+    if features_only:
+        if spec.cls is not ConvNeXt:
+            raise ValueError(f"features_only needs a hierarchical model; {name} is isotropic")
+        model = ConvNeXtFeatures(out_indices=out_indices, **args)
+    else:
+        model = spec.cls(**args)
+    # What `convnext.save` writes to config.json, so the file alone rebuilds the model.
+    model.config = {"model": name, **args}
+    return model

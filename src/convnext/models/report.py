@@ -1,0 +1,51 @@
+"""`convnext models`: every model with our parameter and GMAC counts beside the paper's figures."""
+
+from __future__ import annotations
+
+import argparse
+
+import torch
+
+from ..flops import count_macs, count_params
+from .registry import MODELS, create_model, list_models
+
+
+def model_table(pattern: str = "*") -> list[dict]:
+    """One row per model: our params (M) and GMACs at 224 and 384, and the paper's figures."""
+    rows = []
+    for name in list_models(pattern):
+        with torch.device("meta"):  # counting needs shapes only: even XL costs no memory
+            model = create_model(name)
+        paper = MODELS[name].paper
+        rows.append({
+            "model": name,
+            "params_m": count_params(model) / 1e6,
+            "gmacs_224": count_macs(model, 224) / 1e9,
+            "gmacs_384": count_macs(model, 384) / 1e9,
+            "paper_params_m": paper.get("params"),
+            "paper_gmacs_224": paper.get("gmacs_224"),
+            "paper_gmacs_384": paper.get("gmacs_384"),
+            "paper_top1": paper.get("top1"),
+        })
+    return rows
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("pattern", nargs="?", default="*", help="shell-style filter, e.g. 'convnext_iso*'")
+
+
+def main(args: argparse.Namespace) -> int:
+    def fmt(v, spec):
+        return "-" if v is None else format(v, spec)
+
+    header = f"{'model':<20}{'params M':>10}{'paper':>8}{'GMACs 224':>11}{'paper':>8}{'GMACs 384':>11}" \
+             f"{'paper':>8}{'top-1':>7}"
+    print(header)
+    print("-" * len(header))
+    for r in model_table(args.pattern):
+        print(f"{r['model']:<20}{r['params_m']:>10.2f}{fmt(r['paper_params_m'], '.2f'):>8}"
+              f"{r['gmacs_224']:>11.2f}{fmt(r['paper_gmacs_224'], '.2f'):>8}{r['gmacs_384']:>11.2f}"
+              f"{fmt(r['paper_gmacs_384'], '.2f'):>8}{fmt(r['paper_top1'], '.1f'):>7}")
+    print("GMACs = FLOPs/2 counted by torch.utils.flop_counter; paper figures from Table 9 and the official "
+          "README (top-1: ImageNet-1K at 224, XL: 22K->1K).")
+    return 0

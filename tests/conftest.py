@@ -1,0 +1,33 @@
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+SRC = ROOT / "src"
+
+
+def cli_env() -> dict:
+    """Environment for a `python -m convnext` subprocess that imports this checkout's sources."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([str(SRC), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+    return env
+
+
+@pytest.fixture
+def run_cli():
+    """Run `convnext ARGS...` in a subprocess; returns the CompletedProcess (check it yourself)."""
+
+    def run(*args: str, timeout: float = 300, cwd: str | Path | None = None) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "convnext", *map(str, args)], capture_output=True, text=True,
+                              timeout=timeout, env=cli_env(), cwd=cwd)
+
+    return run
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    torch.manual_seed(0)
