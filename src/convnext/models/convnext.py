@@ -137,6 +137,32 @@ class ConvNeXt(ConvNeXtBase):
             x = self.run_stage(i, x)
         return x
 
+    @property
+    def num_layer_groups(self) -> int:
+        """Layer groups for layer-wise lr decay, the head's group excluded (12 for S/B/L/XL)."""
+        return 3 + -(-self.depths[2] // 3)
+
+    def layer_group(self, param_name: str) -> int:
+        """Layer-wise lr decay group of a parameter, 0 (stem) .. num_layer_groups + 1 (head).
+
+        The official scheme (stem 0, stage 0: 1, stage 1: 2, stage 2 in groups of 3 blocks, stage 3 and
+        its downsampling: 12, head 13), generalised to any stage-3 depth so that it also suits T, whose
+        9-block third stage makes 3 groups instead of 9; the scale of group g is decay^(num_groups + 1 - g).
+        """
+        parts = param_name.split(".")
+        last = self.num_layer_groups
+        if parts[0] == "downsample_layers":
+            i = int(parts[1])
+            return (0, 2, 3, last)[i] if i < 3 else last
+        if parts[0] == "stages":
+            i, j = int(parts[1]), int(parts[2])
+            return (1, 2, 3 + j // 3, last)[i]
+        if parts[0].startswith("norm") and parts[0][4:].isdigit():  # backbone output norms
+            i = int(parts[0][4:])
+            return (1, 2, last - 1, last)[i]
+        return last + 1
+
+
 class ConvNeXtFeatures(ConvNeXt):
     """ConvNeXt as a detection/segmentation backbone: the official backbone layout.
 

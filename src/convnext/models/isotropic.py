@@ -44,3 +44,17 @@ class ConvNeXtIsotropic(ConvNeXtBase):
         if self.grad_checkpointing and torch.is_grad_enabled():
             return checkpoint_sequential(self.blocks, len(self.blocks), x, use_reentrant=False)
         return self.blocks(x)
+
+    @property
+    def num_layer_groups(self) -> int:
+        """Layer groups for layer-wise lr decay, the head's group excluded: one per block."""
+        return len(self.blocks)
+
+    def layer_group(self, param_name: str) -> int:
+        """Layer-wise lr decay group: stem 0, block j -> j + 1, final norm and head num_layer_groups + 1."""
+        parts = param_name.split(".")
+        if parts[0] == "stem":
+            return 0
+        if parts[0] == "blocks":
+            return int(parts[1]) + 1
+        return self.num_layer_groups + 1

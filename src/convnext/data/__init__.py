@@ -1,0 +1,1 @@
+"""Data: data sets, the paper's transforms, mixup/cutmix."""
