@@ -22,7 +22,8 @@ LAYOUTS = ("official", "timm", "torchvision", "hf")
 # the official layout among these four).
 STEM_CONV, STEM_LN = "downsample_layers.0.0.{p}", "downsample_layers.0.1.{p}"
 DOWN = "downsample_layers.{i}.{k}.{p}"
-DWCONV, NORM, FC1, FC2 = ("stages.{i}.{j}.%s.{p}" % n for n in ("dwconv", "norm", "pwconv1", "pwconv2"))
+DWCONV, NORM = "stages.{i}.{j}.dwconv.{p}", "stages.{i}.{j}.norm.{p}"
+FC1, FC2 = "stages.{i}.{j}.pwconv1.{p}", "stages.{i}.{j}.pwconv2.{p}"
 GAMMA = "stages.{i}.{j}.gamma"
 FINAL_NORM, HEAD = "norm.{p}", "head.{p}"
 

@@ -24,14 +24,19 @@ WEIGHTS, CONFIG = "model.safetensors", "config.json"
 def save(model: nn.Module, path: str | os.PathLike) -> Path:
     """Save `model` in our format: `path` is a directory, or a `.safetensors` file (config beside it as
     `.json`). Returns the weights file. Writes are atomic: an interrupted save leaves the old files intact."""
-    path = Path(path)
-    weights, config = _paths(path)
     state_dict = {k: v.detach() for k, v in model.state_dict().items()}
     cfg = dict(getattr(model, "config", None) or infer_config(state_dict))
     if isinstance(model, ConvNeXtFeatures):
         cfg.update(features_only=True, out_indices=list(model.out_indices))
+    return save_state_dict(state_dict, path, cfg)
+
+
+def save_state_dict(state_dict: dict[str, torch.Tensor], path: str | os.PathLike,
+                    config: dict[str, Any] | None = None) -> Path:
+    """Save an official-layout state dict in our format; `config` defaults to what its shapes say."""
+    weights, config_file = _paths(Path(path))
     write_state_dict(state_dict, weights)
-    write_json(_jsonable(cfg), config)
+    write_json(_jsonable(config or infer_config(state_dict)), config_file)
     return weights
 
 
