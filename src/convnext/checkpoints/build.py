@@ -9,9 +9,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import torch
 from torch import nn
 
-from ..models import ConvNeXt, ConvNeXtFeatures
+from ..models import ConvNeXt, ConvNeXtFeatures, LayerNorm2d
 from .errors import CheckpointError
 from .io import load_state_dict
 from .matching import load_checked
@@ -71,7 +72,8 @@ def create_pretrained(
         if spec.cls is not ConvNeXt:
             raise ValueError(f"features_only needs a hierarchical model; {name} is isotropic")
         state_dict, allow = _for_backbone(state_dict, tuple(out_indices))
-        model: nn.Module = ConvNeXtFeatures(out_indices=out_indices, **args)
+        with torch.device("meta"):
+            model: nn.Module = ConvNeXtFeatures(out_indices=out_indices, **args)
         config_extra: dict[str, Any] = {"features_only": True, "out_indices": list(out_indices)}
     else:
         file_classes = state_dict["head.weight"].shape[0] if "head.weight" in state_dict else None
@@ -84,11 +86,27 @@ def create_pretrained(
             if classes:
                 warnings.warn(f"{source} has a {file_classes}-class head; the model has num_classes={classes}, so "
                               "its head was re-initialised (all other weights loaded).", stacklevel=3)
-        model = spec.cls(num_classes=classes, **args)
+        with torch.device("meta"):
+            model = spec.cls(num_classes=classes, **args)
         config_extra = {"num_classes": classes}
-    load_checked(model, state_dict, source=source, allow_missing=allow)
+    # Built on the meta device and given the file's tensors: no time spent on a random init they replace.
+    load_checked(model, state_dict, source=source, allow_missing=allow, assign=True)
+    _init_missing(model, allow, args.get("head_init_scale", 1.0))
     model.config = {"model": name, **args, **config_extra}
     return model
+
+
+def _init_missing(model: nn.Module, prefixes: tuple[str, ...], head_init_scale: float) -> None:
+    """Give the modules the file did not cover (a re-initialised head, backbone norms) their usual init."""
+    for prefix in prefixes:
+        name = prefix.rstrip(".")
+        if name == "head":
+            model.reset_classifier(model.num_classes, head_init_scale)
+        else:
+            setattr(model, name, LayerNorm2d(model.dims[int(name[4:])]))
+    left = [n for n, t in model.state_dict().items() if t.is_meta]
+    if left:  # a bug, not a user error: every tensor must come from the file or an init
+        raise RuntimeError(f"Tensors left uninitialised: {left[:5]}")
 
 
 def _for_backbone(state_dict: dict, out_indices: tuple[int, ...]) -> tuple[dict, tuple[str, ...]]:

@@ -63,9 +63,12 @@ def infer_config(state_dict: Mapping[str, torch.Tensor]) -> dict[str, Any]:
 
 
 def load_checked(model: nn.Module, state_dict: Mapping[str, torch.Tensor], *, source: str = "the checkpoint",
-                 allow_missing: Iterable[str] = ()) -> None:
+                 allow_missing: Iterable[str] = (), assign: bool = False) -> None:
     """`model.load_state_dict(state_dict)`, strict, except keys under the prefixes `allow_missing` (which
-    keep their initialisation); a misfit raises a CheckpointError naming keys, counts and the likely cause."""
+    keep their initialisation); a misfit raises a CheckpointError naming keys, counts and the likely cause.
+
+    `assign=True` makes the file's tensors the model's parameters (for a model built on the meta device),
+    cast to the model's dtype."""
     allow = tuple(allow_missing)
     own = model.state_dict()
     missing = [k for k in own if k not in state_dict and not (allow and k.startswith(allow))]
@@ -77,8 +80,10 @@ def load_checked(model: nn.Module, state_dict: Mapping[str, torch.Tensor], *, so
                  (("missing keys", missing), ("unexpected keys", unexpected), ("shape mismatches", shapes)) if keys]
         raise CheckpointError(f"{source} does not fit the model: {'; '.join(parts)}. "
                               f"Likely cause: {_likely_cause(model, state_dict, missing, unexpected, shapes)}")
+    if assign:
+        state_dict = {k: v.to(own[k].dtype) for k, v in state_dict.items()}
     # Checked above: nothing unexpected, and only the allowed keys missing.
-    model.load_state_dict(state_dict, strict=False)
+    model.load_state_dict(state_dict, strict=False, assign=assign)
 
 
 def _few(keys: list[str], n: int = 4) -> str:
