@@ -59,13 +59,14 @@ def create_pretrained(
     """
     path, release = resolve_weights(name, pretrained)
     state_dict = load_state_dict(path)
-    args = dict(args)
+    # JSON gives lists; create_model's configs hold tuples.
+    args = {k: tuple(v) if isinstance(v, list) else v for k, v in args.items()}
     file_cfg = read_config(path)
     if file_cfg is not None:
         if file_cfg["model"] != name:
             raise CheckpointError(f"{path} holds a {file_cfg['model']}, not a {name}: use convnext.load(path) or "
                                   f"create_model({file_cfg['model']!r}, pretrained=path).")
-        args.update({k: file_cfg[k] for k in ARCH_KEYS if k in file_cfg})
+        args.update({k: tuple(v) if isinstance(v, list) else v for k, v in file_cfg.items() if k in ARCH_KEYS})
     source = f"{path}" + (f" ({release.file})" if release else "")
 
     if features_only:
@@ -74,7 +75,7 @@ def create_pretrained(
         state_dict, allow = _for_backbone(state_dict, tuple(out_indices))
         with torch.device("meta"):
             model: nn.Module = ConvNeXtFeatures(out_indices=out_indices, **args)
-        config_extra: dict[str, Any] = {"features_only": True, "out_indices": list(out_indices)}
+        config_extra: dict[str, Any] = {"features_only": True, "out_indices": tuple(out_indices)}
     else:
         file_classes = state_dict["head.weight"].shape[0] if "head.weight" in state_dict else None
         default = file_classes or (release.num_classes if release else 1000)
