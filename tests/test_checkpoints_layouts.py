@@ -23,6 +23,11 @@ from convnext.checkpoints import (
 TOL = 1e-4
 
 
+@pytest.fixture(scope="module")
+def atto():
+    return randomize(convnext.create_model("convnext_atto"))
+
+
 def test_timm_weights_give_timm_logits_both_ways(tmp_path):
     # timm's convnext_atto stores its MLP as 1x1 convs (conv_mlp=True), convnext_tiny and up as Linear layers:
     # both forms, on the small model.
@@ -51,10 +56,10 @@ def test_torchvision_weights_give_torchvision_logits_both_ways(tmp_path):
         assert (ours(x) - peer(x)).abs().max() <= TOL
 
     x = x[..., :64, :64]
-    randomize(ours, 0.05)
-    convnext.save(ours, tmp_path / "ours")
-    convert(tmp_path / "ours", tmp_path / "back.pth", "torchvision")
-    peer.load_state_dict(torch.load(tmp_path / "back.pth", weights_only=True))
+    with torch.no_grad():  # new weights for the way back (cheaper than a new random model at this size)
+        for name, p in ours.named_parameters():
+            p.neg_() if name.endswith("gamma") else p.add_(0.01)
+    peer.load_state_dict(from_official(ours.state_dict(), "torchvision"))
     with torch.no_grad():
         assert (ours(x) - peer(x)).abs().max() <= TOL
 
@@ -67,7 +72,7 @@ def test_hf_weights_give_hf_logits_both_ways(tmp_path):
     peer = randomize(ConvNextForImageClassification(config))
     peer.save_pretrained(tmp_path / "hf")
     ours = convnext.load(tmp_path / "hf").eval()
-    assert ours.config["depths"] == [1, 1, 2, 1] and ours.config["num_classes"] == 10
+    assert ours.config["depths"] == (1, 1, 2, 1) and ours.config["num_classes"] == 10
     x = torch.randn(2, 3, 64, 64)
     with torch.no_grad():
         assert (ours(x) - peer(x).logits).abs().max() <= TOL
@@ -82,9 +87,8 @@ def test_hf_weights_give_hf_logits_both_ways(tmp_path):
 
 
 @pytest.mark.parametrize("layout", ["official", "timm", "torchvision", "hf"])
-def test_round_trips_are_exact(tmp_path, layout):
-    model = randomize(convnext.create_model("convnext_atto", num_classes=7))
-    sd = model.state_dict()
+def test_round_trips_are_exact(tmp_path, layout, atto):
+    sd = atto.state_dict()
     foreign = from_official(sd, layout, conv_mlp=True)
     assert detect_layout(foreign) == layout
     for suffix in (".pth", ".safetensors"):
@@ -95,8 +99,8 @@ def test_round_trips_are_exact(tmp_path, layout):
         assert all(torch.equal(back[k], sd[k]) and back[k].dtype == sd[k].dtype for k in sd)
 
 
-def test_convert_chain_through_every_layout_is_exact(tmp_path):
-    model = randomize(convnext.create_model("convnext_atto"))
+def test_convert_chain_through_every_layout_is_exact(tmp_path, atto):
+    model = atto
     convnext.save(model, tmp_path / "start")
     src = tmp_path / "start"
     for i, (layout, name) in enumerate([("timm", "t.pth"), ("torchvision", "tv.safetensors"), ("hf", "hf"),
@@ -110,12 +114,12 @@ def test_convert_chain_through_every_layout_is_exact(tmp_path):
         assert torch.equal(end.state_dict()[k], v), k
 
 
-def test_official_training_checkpoint_and_its_ema(tmp_path):
-    model = randomize(convnext.create_model("convnext_atto"))
-    ema = randomize(convnext.create_model("convnext_atto"), 0.2)
+def test_official_training_checkpoint_and_its_ema(tmp_path, atto):
+    model = randomize(convnext.create_model("convnext_atto", depths=(1, 1, 1, 1), dims=(8, 16, 32, 64)))
+    ema = randomize(convnext.create_model("convnext_atto", depths=(1, 1, 1, 1), dims=(8, 16, 32, 64)), 0.2)
     opt = torch.optim.AdamW(model.parameters())
     model(torch.randn(1, 3, 32, 32)).sum().backward()
-    opt.step()
+    opt.step()  # an optimizer state with tensors, as in a real training checkpoint
     torch.save({"model": model.state_dict(), "model_ema": ema.state_dict(), "optimizer": opt.state_dict(),
                 "epoch": 299, "scaler": {"scale": 65536.0, "_growth_tracker": 10},
                 "args": argparse.Namespace(model="convnext_atto", lr=4e-3, drop_path=0.1, data_set="IMNET")},
@@ -127,8 +131,8 @@ def test_official_training_checkpoint_and_its_ema(tmp_path):
         load_state_dict(tmp_path / "checkpoint-299.pth", key="ema")
 
 
-def test_ddp_prefix_and_official_wrapper_are_unwrapped(tmp_path):
-    model = randomize(convnext.create_model("convnext_atto"))
+def test_ddp_prefix_and_official_wrapper_are_unwrapped(tmp_path, atto):
+    model = atto
     torch.save({"model": {f"module.{k}": v for k, v in model.state_dict().items()}}, tmp_path / "ddp.pth")
     sd = load_state_dict(tmp_path / "ddp.pth")
     assert all(torch.equal(sd[k], v) for k, v in model.state_dict().items())
@@ -158,8 +162,8 @@ def test_detection_backbone_files_load_into_features_only(tmp_path):
         convnext.create_model("convnext_atto", pretrained=str(tmp_path / "det.pth"))
 
 
-def test_classifier_weights_load_into_a_backbone_with_a_note(tmp_path):
-    model = randomize(convnext.create_model("convnext_atto"))
+def test_classifier_weights_load_into_a_backbone_with_a_note(tmp_path, atto):
+    model = atto
     convnext.save(model, tmp_path / "cls")
     with pytest.warns(UserWarning, match="norm0, norm1, norm2, norm3 keep their initialisation"):
         backbone = convnext.create_model("convnext_atto", pretrained=str(tmp_path / "cls"), features_only=True)
@@ -182,3 +186,17 @@ def test_convnext_v2_and_unknown_layouts_are_named():
         detect_layout(["stages.0.blocks.0.mlp.grn.weight"])
     with pytest.raises(CheckpointError, match="Cannot tell which ConvNeXt layout.*conv1.weight"):
         detect_layout(["conv1.weight", "bn1.weight"])
+
+
+def test_convert_cli_writes_a_timm_file_timm_loads(run_cli, tmp_path, atto):
+    convnext.save(atto, tmp_path / "ours")
+    proc = run_cli("convert", tmp_path / "ours", tmp_path / "timm.safetensors", "--to", "timm", "--timm-conv-mlp")
+    assert proc.returncode == 0, proc.stderr
+    assert "(official layout) ->" in proc.stdout and "(timm)" in proc.stdout
+    peer = timm.create_model("convnext_atto", pretrained=False, checkpoint_path=str(tmp_path / "timm.safetensors"))
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        assert (peer.eval()(x) - atto(x)).abs().max() <= TOL
+
+    proc = run_cli("convert", tmp_path / "missing.pth", tmp_path / "out.pth", "--to", "official")
+    assert proc.returncode == 2 and "Checkpoint not found" in proc.stderr and "missing.pth" in proc.stderr

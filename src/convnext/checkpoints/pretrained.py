@@ -135,7 +135,7 @@ def _verify_cached(path: Path, size: int | None, sha256: str | None) -> None:
     expected = size if size is not None else recorded.get("size")
     got = path.stat().st_size
     if expected is not None and got != expected:
-        raise DownloadError(f"The cached {path} has {got} bytes but {expected} were downloaded: it is truncated or "
+        raise DownloadError(f"The cached {path} has {got} bytes instead of {expected}: it is truncated or "
                             "was replaced. Delete it to download it again.")
     if sha256 is not None and not _sha256(path).startswith(sha256):
         raise DownloadError(f"The cached {path} does not match its expected sha256 {sha256}; delete it to download "
