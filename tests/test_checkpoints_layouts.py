@@ -18,6 +18,7 @@ from convnext.checkpoints import (
     from_official,
     infer_config,
     load_state_dict,
+    to_official,
 )
 
 TOL = 1e-4
@@ -76,6 +77,10 @@ def test_hf_weights_give_hf_logits_both_ways(tmp_path):
     x = torch.randn(2, 3, 64, 64)
     with torch.no_grad():
         assert (ours(x) - peer(x).logits).abs().max() <= TOL
+    # ConvNextModel (no classifier) drops the "convnext." prefix: read too.
+    trunk = to_official(peer.convnext.state_dict())
+    assert trunk.keys() == ours.state_dict().keys() - {"head.weight", "head.bias"}
+    assert all(torch.equal(v, ours.state_dict()[k]) for k, v in trunk.items())
 
     randomize(ours, 0.05)
     convnext.save(ours, tmp_path / "ours")
@@ -198,5 +203,10 @@ def test_convert_cli_writes_a_timm_file_timm_loads(run_cli, tmp_path, atto):
     with torch.no_grad():
         assert (peer.eval()(x) - atto(x)).abs().max() <= TOL
 
-    proc = run_cli("convert", tmp_path / "missing.pth", tmp_path / "out.pth", "--to", "official")
-    assert proc.returncode == 2 and "Checkpoint not found" in proc.stderr and "missing.pth" in proc.stderr
+
+
+def test_convert_cli_error_names_the_file(tmp_path, capsys):
+    from convnext.cli import main
+
+    assert main(["convert", str(tmp_path / "missing.pth"), str(tmp_path / "out.pth"), "--to", "official"]) == 2
+    assert "error: Checkpoint not found: " in capsys.readouterr().err

@@ -77,10 +77,12 @@ def test_cli_prints_top5_names(run_cli, model, photos, tmp_path):
             assert line.strip().startswith(f"{rank}.") and line.endswith(f"{name} ({idx})")
 
 
-def test_cli_without_weights_offline_says_what_to_do(run_cli, photos, tmp_path, monkeypatch):
+def test_cli_without_weights_offline_says_what_to_do(photos, tmp_path, monkeypatch, capsys):
+    from convnext.cli import main
+
     monkeypatch.setenv("TORCH_HOME", str(tmp_path))
     monkeypatch.setenv("CONVNEXT_WEIGHTS_URL", "http://127.0.0.1:9/")  # discard port: nothing listens
-    proc = run_cli("predict", photos[0])
-    assert proc.returncode == 2
-    assert "Could not download http://127.0.0.1:9/convnext_tiny_1k_224_ema.pth" in proc.stderr
-    assert "--weights PATH" in proc.stderr
+    assert main(["predict", str(photos[0])]) == 2
+    err = capsys.readouterr().err
+    assert "Could not download http://127.0.0.1:9/convnext_tiny_1k_224_ema.pth" in err
+    assert "--weights PATH" in err
