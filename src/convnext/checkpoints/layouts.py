@@ -197,9 +197,8 @@ def _to_foreign(template: str, value: torch.Tensor, layout: str, conv_mlp: bool)
 
 def _add_identity_layer_scale(official: Mapping[str, torch.Tensor], out: dict[str, torch.Tensor]) -> None:
     """torchvision blocks always have a layer scale: a model without one is the same as a scale of ones."""
-    rule = _Template(DWCONV)
+    dwconv, gamma, layer_scale = _Template(DWCONV), _Template(GAMMA), _Template(_TV_BLOCK + ".layer_scale")
     for key, value in official.items():
-        fields = rule.match(key)
-        if fields and fields["p"] == "weight" and _Template(GAMMA).format(fields) not in official:
-            out[_Template(_TV_BLOCK + ".layer_scale").format(fields)] = torch.ones(value.shape[0], 1, 1,
-                                                                                    dtype=value.dtype)
+        fields = dwconv.match(key)
+        if fields and fields["p"] == "weight" and gamma.format(fields) not in official:
+            out[layer_scale.format(fields)] = torch.ones(value.shape[0], 1, 1, dtype=value.dtype)

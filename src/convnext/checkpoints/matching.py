@@ -30,7 +30,6 @@ def infer_config(state_dict: Mapping[str, torch.Tensor]) -> dict[str, Any]:
         arch: dict[str, Any] = {"depth": depth, "dim": dim}
         cfg: dict[str, Any] = {"in_chans": in_chans, "patch_size": patch}
         has_gamma = "blocks.0.gamma" in sd
-        kernel = None
     elif "downsample_layers.0.0.weight" in sd:
         n_stages = 1 + max(int(k.split(".")[1]) for k in sd if k.startswith("stages."))
         depths = [1 + max((int(k.split(".")[2]) for k in sd if k.startswith(f"stages.{i}.")), default=-1)
@@ -38,8 +37,7 @@ def infer_config(state_dict: Mapping[str, torch.Tensor]) -> dict[str, Any]:
         dims = [sd[f"stages.{i}.0.dwconv.weight"].shape[0] for i in range(n_stages)]
         arch = {"depths": depths, "dims": dims}
         _, in_chans, patch, _ = sd["downsample_layers.0.0.weight"].shape
-        kernel = sd["stages.0.0.dwconv.weight"].shape[-1]
-        cfg = {"in_chans": in_chans, "patch_size": patch, "kernel_size": kernel}
+        cfg = {"in_chans": in_chans, "patch_size": patch, "kernel_size": sd["stages.0.0.dwconv.weight"].shape[-1]}
         has_gamma = "stages.0.0.gamma" in sd
     else:
         raise CheckpointError(f"Not an official-layout ConvNeXt state dict (first keys {list(sd)[:5]}).")
