@@ -169,6 +169,7 @@ def _read_recipe(name_or_file: str, seen: tuple[str, ...] = ()) -> dict[str, Any
         raw = yaml.safe_load(f) or {}
     if not isinstance(raw, dict):
         raise ConfigError(f"Recipe {path} must be a mapping of sections, got {type(raw).__name__}")
+    raw.pop("resolved", None)  # a run's saved config.yaml can be used as a recipe: its derived values are recomputed
     base = raw.pop("base", None)
     if base is None:
         return raw
@@ -215,6 +216,11 @@ def _coerce(key: str, value: Any, hint: Any) -> Any:
             raise ConfigError(f"{key} must be true or false, got {value!r}")
         return value
     if "float" in text:
+        if isinstance(value, str):  # YAML 1.1 reads 1e-4 (no dot) as a string
+            try:
+                value = float(value)
+            except ValueError:
+                pass
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{key} must be a number, got {value!r}")
         return float(value)
