@@ -37,7 +37,7 @@ def test_evaluate_sums_over_batches():
 
 
 TINY = ["--set", "model.kwargs.dims=[8,16,32]", "--set", "model.kwargs.depths=[1,1,1]",
-        "--set", "data.limit_train=512", "--set", "data.limit_val=256", "--set", "optim.batch_size=64",
+        "--set", "data.limit_train=256", "--set", "data.limit_val=256", "--set", "optim.batch_size=64",
         "--set", "optim.reference_batch=64", "--set", "optim.epochs=2", "--set", "run.progress=false",
         "--set", "run.threads=1", "--set", "data.num_workers=0", "--set", "optim.lr=5e-3"]
 

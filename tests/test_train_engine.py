@@ -112,23 +112,28 @@ def _free_port():
         return s.getsockname()[1]
 
 
-def test_two_process_gloo_ddp_equals_one_process_with_the_same_global_batch(tmp_path):
+def test_two_process_gloo_ddp_and_fsdp_equal_one_process_with_the_same_global_batch(tmp_path):
     # Global batch 32 = 2 ranks x 16. No mixup / drop path / EMA: those draw per-rank randomness by design.
     common = ["optim.epochs=1", "run.max_steps=6", "data.mixup=0.0", "data.cutmix=0.0", "run.ema=false",
               "model.drop_path_rate=0.0"]
     one = train(_cfg(tmp_path, "one", *common))
-    args = [f"--set={s}" for s in [*TINY, *common, "optim.batch_size=16"]]
+    a = load_checkpoint(CheckpointManager(tmp_path / "one").latest())["model"]
+    assert one.steps == 6
+    for strategy in ("ddp", "fsdp"):
+        b = _torchrun(tmp_path, strategy, [*TINY, *common, "optim.batch_size=16", f"run.strategy={strategy}"])
+        # Same data, same augmentation, gradients averaged over ranks: equal up to float summation order.
+        worst = max((a[k] - b[k]).abs().max().item() for k in a)
+        assert worst < 1e-5, (strategy, worst)
+
+
+def _torchrun(tmp_path, name, overrides):
+    args = [f"--set={s}" for s in overrides]
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes=1", "--nproc_per_node=2",
            "--master_addr=127.0.0.1", f"--master_port={_free_port()}", "-m", "convnext", "train",
-           "--out", str(tmp_path), "--name", "two", *args]
+           "--out", str(tmp_path), "--name", name, *args]
     env = {**cli_env(), "OMP_NUM_THREADS": "1"}
     r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=200)
     assert r.returncode == 0, r.stderr[-3000:]
-    cfg_two = (tmp_path / "two" / "config.yaml").read_text()
+    cfg_two = (tmp_path / name / "config.yaml").read_text()
     assert "world_size: 2" in cfg_two and "effective_batch: 32" in cfg_two
-    a = load_checkpoint(CheckpointManager(tmp_path / "one").latest())["model"]
-    b = load_checkpoint(CheckpointManager(tmp_path / "two").latest())["model"]
-    assert one.steps == 6
-    # Same data, same augmentation, gradients averaged over ranks: equal up to float summation order.
-    worst = max((a[k] - b[k]).abs().max().item() for k in a)
-    assert worst < 1e-5, worst
+    return load_checkpoint(CheckpointManager(tmp_path / name).latest())["model"]
