@@ -42,12 +42,23 @@ TINY = ["--set", "model.kwargs.dims=[8,16,32]", "--set", "model.kwargs.depths=[1
         "--set", "run.threads=1", "--set", "data.num_workers=0", "--set", "optim.lr=5e-3"]
 
 
-def test_train_then_eval_cli(run_cli, tmp_path):
-    r = run_cli("train", "--out", tmp_path, "--name", "tiny", *TINY)
-    assert r.returncode == 0, r.stderr
+@pytest.fixture
+def _keep_threads():
+    n = torch.get_num_threads()
+    yield
+    torch.set_num_threads(n)
+
+
+def test_train_then_eval_cli(tmp_path, capsys, _keep_threads):
+    # The command line in-process (argument parsing, recipe, train, summary, eval): a subprocess would only add
+    # interpreter start-up; the SIGKILL and torchrun tests cover real processes.
+    from convnext.cli import main
+
+    assert main(["train", "--out", str(tmp_path), "--name", "tiny", *TINY]) == 0
+    stdout = capsys.readouterr().out
     run = tmp_path / "tiny"
     summary = json.loads((run / "summary.json").read_text())
-    assert "best top-1" in r.stdout and str(run) in r.stdout
+    assert "best top-1" in stdout and str(run) in stdout
     for f in ("config.yaml", "metrics.jsonl", "best.pt", "best_ema.pt", "loss.png", "accuracy.png", "lr.png"):
         assert (run / f).exists(), f
     assert any((run / "tb").iterdir())
@@ -56,12 +67,22 @@ def test_train_then_eval_cli(run_cli, tmp_path):
     # the checkpoint loads safely, in the official layout
     ck = torch.load(run / "best.pt", weights_only=True)
     assert "stages.0.0.dwconv.weight" in ck["model"] and ck["config"]["model"]["name"] == "convnext_fmnist"
-    r = run_cli("eval", "--weights", run / "best.pt", "--limit", "256", "--json", "--workers", "0")
-    assert r.returncode == 0, r.stderr
-    out = json.loads(r.stdout)
+    assert main(["eval", "--weights", str(run / "best.pt"), "--limit", "256", "--json", "--workers", "0"]) == 0
+    out = json.loads(capsys.readouterr().out)
     assert out["n"] == 256
     assert out["top1"] == pytest.approx(summary["best_top1"], abs=1e-6)  # same images, same transform
     assert out["ema_top1"] == pytest.approx(summary["best_ema_top1"], abs=1e-6)
-    assert out["top1"] > 30  # 2 short epochs learn something on 10 classes (chance: 10%)
-    r = run_cli("eval", "--weights", tmp_path / "missing.pt")
-    assert r.returncode == 2 and "not found" in r.stderr
+    assert out["top1"] > 18  # 8 steps learn something on 10 classes (chance: 10%, 256 images)
+
+
+def test_eval_of_missing_or_foreign_weights_says_what_to_do(tmp_path):
+    from convnext.evaluate import load_for_eval
+
+    with pytest.raises(FileNotFoundError, match="not found"):
+        load_for_eval(str(tmp_path / "missing.pt"))
+    torch.save({"state_dict": {}}, tmp_path / "foreign.pth")
+    with pytest.raises(ValueError, match="pass --model NAME"):
+        load_for_eval(str(tmp_path / "foreign.pth"))
+    torch.save({"weights": {}}, tmp_path / "odd.pt")
+    with pytest.raises(ValueError, match="not a convnext training checkpoint"):
+        load_for_eval(str(tmp_path / "odd.pt"))

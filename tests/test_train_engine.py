@@ -15,8 +15,8 @@ from convnext.train import NonFiniteLossError, load_config, train
 from convnext.train.engine import PAUSE_ENV
 from convnext.train.state import CheckpointManager, load_checkpoint
 
-# A tiny ConvNeXt on 384 Fashion-MNIST images, batch 32: 12 steps per epoch.
-TINY = ["model.kwargs.dims=[8,16,32]", "model.kwargs.depths=[1,1,1]", "data.limit_train=384",
+# A tiny ConvNeXt on 192 Fashion-MNIST images, batch 32: 6 steps per epoch.
+TINY = ["model.kwargs.dims=[8,16,32]", "model.kwargs.depths=[1,1,1]", "data.limit_train=192",
         "data.limit_val=128", "optim.batch_size=32", "optim.reference_batch=32", "optim.lr=4e-3",
         "optim.warmup_epochs=0.5", "run.progress=false", "run.tensorboard=false", "run.plots=false",
         "run.threads=1", "data.num_workers=0", "run.deterministic=true"]
@@ -55,7 +55,7 @@ def test_nan_loss_stops_naming_the_step_and_keeps_the_last_good_checkpoint(tmp_p
     cfg = _cfg(tmp_path, "nan", "run.ckpt_every_steps=2", "run.ema=false")
     model = NaNAfter(create_model("convnext_fmnist", in_chans=1, num_classes=10, dims=[8, 16, 32],
                                   depths=[1, 1, 1]), after=5)
-    with pytest.raises(NonFiniteLossError, match=r"Loss is nan at global step 5 \(epoch 0, step 5 of 12\)"
+    with pytest.raises(NonFiniteLossError, match=r"Loss is nan at global step 5 \(epoch 0, step 5 of 6\)"
                                                  r".*last-00000004\.pt"):
         train(cfg, model=model)
     ckpts = CheckpointManager(tmp_path / "nan").checkpoints()
@@ -77,26 +77,26 @@ def test_sigkill_mid_epoch_then_resume_is_bit_exact(tmp_path):
     extra = ["optim.epochs=2", "run.ckpt_every_steps=1", "data.mixup=0.8", "data.cutmix=1.0",
              "model.drop_path_rate=0.1", "run.ema_decay=0.9"]  # every RNG the loop draws from is in play
     ref = train(_cfg(tmp_path, "ref", *extra))
-    # Kill the same run at global step 17 (epoch 1, step 5 of 12), then resume it.
+    # Kill the same run at global step 9 (epoch 1, step 3 of 6), then resume it.
     args = [f"--set={s}" for s in [*TINY, *extra]]
-    env = {**cli_env(), PAUSE_ENV: "17"}
+    env = {**cli_env(), PAUSE_ENV: "9"}
     proc = subprocess.Popen([sys.executable, "-m", "convnext", "train", "--out", str(tmp_path), "--name", "killed",
                              *args], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    marker = tmp_path / "killed" / "paused-at-17"
+    marker = tmp_path / "killed" / "paused-at-9"
     deadline = time.time() + 120
     while not marker.exists():
         assert proc.poll() is None, proc.stderr.read().decode()
-        assert time.time() < deadline, "the training process never reached step 17"
+        assert time.time() < deadline, "the training process never reached step 9"
         time.sleep(0.2)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert proc.returncode == -signal.SIGKILL
     latest = CheckpointManager(tmp_path / "killed").latest()
     ck = load_checkpoint(latest)
-    assert (ck["epoch"], ck["step_in_epoch"], ck["global_step"]) == (1, 5, 17)
+    assert (ck["epoch"], ck["step_in_epoch"], ck["global_step"]) == (1, 3, 9)
 
     resumed = train(_cfg(tmp_path, "killed", *extra, "run.resume=auto"))
-    assert resumed.steps == ref.steps == 24
+    assert resumed.steps == ref.steps == 12
     a = load_checkpoint(CheckpointManager(tmp_path / "ref").latest())
     b = load_checkpoint(CheckpointManager(tmp_path / "killed").latest())
     for part in ("model", "ema"):
@@ -114,11 +114,11 @@ def _free_port():
 
 def test_two_process_gloo_ddp_and_fsdp_equal_one_process_with_the_same_global_batch(tmp_path):
     # Global batch 32 = 2 ranks x 16. No mixup / drop path / EMA: those draw per-rank randomness by design.
-    common = ["optim.epochs=1", "run.max_steps=6", "data.mixup=0.0", "data.cutmix=0.0", "run.ema=false",
+    common = ["optim.epochs=1", "run.max_steps=3", "data.mixup=0.0", "data.cutmix=0.0", "run.ema=false",
               "model.drop_path_rate=0.0"]
     one = train(_cfg(tmp_path, "one", *common))
     a = load_checkpoint(CheckpointManager(tmp_path / "one").latest())["model"]
-    assert one.steps == 6
+    assert one.steps == 3
     for strategy in ("ddp", "fsdp"):
         b = _torchrun(tmp_path, strategy, [*TINY, *common, "optim.batch_size=16", f"run.strategy={strategy}"])
         # Same data, same augmentation, gradients averaged over ranks: equal up to float summation order.
