@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from conftest import cli_env
+from convnext.data.datasets import DataError
 from convnext.train import NonFiniteLossError, load_config, train
 from convnext.train.engine import PAUSE_ENV
 from convnext.train.state import CheckpointManager, load_checkpoint
@@ -137,3 +138,38 @@ def _torchrun(tmp_path, name, overrides):
     cfg_two = (tmp_path / name / "config.yaml").read_text()
     assert "world_size: 2" in cfg_two and "effective_batch: 32" in cfg_two
     return load_checkpoint(CheckpointManager(tmp_path / name).latest())["model"]
+
+
+def test_imagenet_style_recipe_on_a_folder_skips_and_counts_an_unreadable_image(tmp_path):
+    # The paper's path end to end on a tiny folder: timm RandAugment + random erasing, Mixup/CutMix with the
+    # soft-target loss, the paper's eval transform, and an unreadable image that is reported and skipped.
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for split in ("train", "val"):
+        for c in ("cat", "dog"):
+            (tmp_path / "data" / split / c).mkdir(parents=True)
+            for i in range(8):
+                img = rng.integers(0, 255, (40, 40, 3), dtype=np.uint8)
+                Image.fromarray(img).save(tmp_path / "data" / split / c / f"{i}.png")
+    broken = tmp_path / "data" / "train" / "dog" / "broken.jpg"
+    broken.write_bytes(b"\xff\xd8\xff truncated")
+    cfg = load_config("in1k_tiny", [
+        f"data.root={tmp_path / 'data'}", "data.input_size=32", "data.num_workers=0", "model.name=convnext_atto",
+        "model.kwargs.dims=[8,16,32,64]", "model.kwargs.depths=[1,1,1,1]", "model.kwargs.patch_size=2",
+        "optim.batch_size=17", "optim.accum_steps=1", "optim.epochs=2", "optim.warmup_epochs=1",
+        f"run.out_dir={tmp_path}", "run.name=folder", "run.progress=false", "run.tensorboard=false",
+        "run.plots=false", "run.threads=1"])
+    result = train(cfg)
+    assert result.bad_images == 2  # once per epoch, each time by path in the log
+    assert result.steps == 2 and 0.0 <= result.best_top1 <= 100.0
+    saved = (tmp_path / "folder" / "config.yaml").read_text()
+    assert "lr_scaled: 1.66015625e-05" in saved  # 4e-3 * 17 / 4096
+    cfg = load_config("in1k_tiny", [f"data.root={tmp_path / 'data'}", "data.bad_images=stop", *[
+        f"{k}={v}" for k, v in (("data.input_size", 32), ("data.num_workers", 0), ("model.name", "convnext_atto"),
+                                ("optim.batch_size", 17), ("optim.accum_steps", 1), ("run.out_dir", tmp_path),
+                                ("run.name", "stop"),
+                                ("run.progress", "false"), ("run.threads", 1))]])
+    with pytest.raises(DataError, match=r"Cannot read image .*broken\.jpg"):
+        train(cfg)
