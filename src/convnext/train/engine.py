@@ -131,7 +131,10 @@ def train(cfg: Config, model: nn.Module | None = None, train_set=None, val_set=N
     elif device.type == "cuda":
         torch.backends.cudnn.benchmark = True
         torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
-    seed_everything(cfg.run.seed)  # identical initial weights on every rank
+    # The same seed on every rank: identical initial weights, and RNG streams that stay identical across ranks
+    # (they draw alike), so rank 0's saved RNG state resumes every rank exactly. Images differ per rank anyway;
+    # mixup's lambda and drop-path masks are shared by the ranks within a step (official code: seed + rank).
+    seed_everything(cfg.run.seed)
     run_dir = Path(cfg.run.out_dir) / (cfg.run.name or cfg.recipe)
     ckpts = CheckpointManager(run_dir, cfg.run.keep_last)
     log = _Logger(run_dir, info.is_main, cfg.run.tensorboard)
@@ -142,7 +145,7 @@ def train(cfg: Config, model: nn.Module | None = None, train_set=None, val_set=N
         train_set, val_set = train_set or built[0], val_set or built[1]
         num_classes, in_chans = num_classes or built[2], built[3]
     else:
-        in_chans = 3
+        in_chans = int(train_set[0][0].shape[0])  # images are (C, H, W) tensors
     batch = cfg.optim.batch_size
     sampler = ResumableSampler(len(train_set), batch, cfg.run.seed, info.rank, info.world_size)
     accum = cfg.optim.accum_steps
@@ -155,6 +158,10 @@ def train(cfg: Config, model: nn.Module | None = None, train_set=None, val_set=N
         SeededDataset(train_set), batch_size=batch, sampler=sampler, num_workers=cfg.data.num_workers,
         collate_fn=collate_skipping, pin_memory=device.type == "cuda", generator=loader_gen,
         persistent_workers=False)
+    if info.distributed and cfg.run.strategy == "fsdp" and len(val_set) % info.world_size:
+        # FSDP's forward is a collective: every rank must run the same number of evaluation batches.
+        raise DataError(f"Under FSDP the {len(val_set)} validation images must split evenly over "
+                        f"{info.world_size} ranks; set data.limit_val to a multiple of {info.world_size}")
     val_indices = list(range(info.rank, len(val_set), info.world_size))
     val_loader = torch.utils.data.DataLoader(
         torch.utils.data.Subset(SeededDataset(val_set), val_indices), batch_size=batch * 2,
