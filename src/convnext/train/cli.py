@@ -83,5 +83,5 @@ def summary_text(r) -> str:
     if r.bad_images:
         lines.append(f"  skipped {r.bad_images} unreadable images (listed in the log above)")
     lines.append("  files:")
-    lines += [f"    {k:9s} {v}" for k, v in r.files.items() if v]
+    lines += [f"    {k:11s} {v}" for k, v in r.files.items() if v]
     return "\n".join(lines)
