@@ -281,6 +281,7 @@ class Step:
     kept: bool = True
     note: str = ""
     gmacs_reference: float | None = None
+    group: str = ""
 
 
 @dataclass(frozen=True)
@@ -309,7 +310,8 @@ class Regime:
 
 
 _STEP15_NOTE = ("Table 10 gives 4.46 GMACs, Figure 2 gives 4.2: replacing BN by LN adds no conv or matmul, so no "
-                "reading reaches 4.46; ours equals the previous step, as Figure 2 has it (4.15 -> 4.2 at one decimal)")
+                "reading reaches 4.46; Figure 2's 4.2 is the previous steps' 4.15 at one decimal (4.46 would "
+                "print 4.5), so we check against 4.15")
 _STEP16_NOTE = ("Table 10 gives 4.49, but this step is ConvNeXt-T, whose count is 4.456 (Table 9: 4.46); no "
                 "reading reaches 4.49 and stays ConvNeXt-T, so we check against Table 9")
 
@@ -317,6 +319,11 @@ _STEP16_NOTE = ("Table 10 gives 4.49, but this step is ConvNeXt-T, whose count i
 def _modernize(start: Design, start_name: str, depths: Sequence[int], widths: Sequence[int],
                final_name: str, paper: dict[str, tuple[float | None, float | None]]) -> tuple[Step, ...]:
     """The steps of Section 2 from `start`, each as (name, the paper's words, fields changed, kept, note)."""
+    # Figure 2's groups of steps.
+    groups = {"stage ratio": "macro design", "patchify stem": "macro design", "depthwise conv": "ResNeXt",
+              "increase width": "ResNeXt", "inverted bottleneck": "inverted bottleneck",
+              "move depthwise up": "large kernel", "kernel 5": "large kernel", "kernel 7": "large kernel",
+              "kernel 9": "large kernel", "kernel 11": "large kernel"}
     rows: list[tuple[str, str, dict, bool, str]] = [
         (start_name, "the original 90-epoch recipe", {}, True, ""),
         ("modern recipe", "300 epochs, AdamW, mixup, cutmix, RandAugment, random erasing, stochastic depth, "
@@ -352,11 +359,12 @@ def _modernize(start: Design, start_name: str, depths: Sequence[int], widths: Se
         top1, gmacs = paper.get(name, (None, None))
         ref = None
         if name == "BN -> LN" and gmacs == 4.46:
-            note, ref = _STEP15_NOTE, 4.2
+            note, ref = _STEP15_NOTE, 4.15
         elif name == final_name and gmacs == 4.49:
             note, ref = _STEP16_NOTE, 4.46
+        group = groups.get(name, "micro design" if i > 11 else "recipe")
         step = Step(i, name, change, design, base.name if base else None, tuple(changes), top1, gmacs, kept, note,
-                    ref)
+                    ref, group)
         steps.append(step)
         if kept:
             base = step
