@@ -118,10 +118,14 @@ def draw_figure(regime: Regime, rows: list[dict], path: str | Path, measured: di
                "large kernel": "#8172b2", "micro design": "#dd8452"}
     colors = [palette.get(r["group"], "#4c72b0") if r["kept"] else "#d0d0d0" for r in rows]
 
-    def bars(ax, values: list[tuple[int, float, float, str]], xlabel: str) -> None:
-        lo = math.floor(min(v for _, v, _, _ in values) - 1.5)
-        hi = math.ceil(max(v + e for _, v, e, _ in values) + 0.8)
+    def bars(ax, values: list[tuple[int, float | None, float, str]], xlabel: str) -> None:
+        known = [(v, e) for _, v, e, _ in values if v is not None]
+        lo = math.floor(min(v for v, _ in known) - 1.5)
+        hi = math.ceil(max(v + e for v, e in known) + 0.8)
         for yi, v, err, c in values:
+            if v is None:  # a cell the paper (or the sweep) leaves empty
+                ax.text(lo + 0.1, yi, "-", va="center", fontsize=8, color="#666")
+                continue
             ax.barh(yi, v - lo, left=lo, color=c, xerr=err or None, capsize=2, edgecolor="white",
                     hatch="" if c != "#d0d0d0" else "//")
             ax.text(v + err + 0.05, yi, f"{v:.1f}", va="center", fontsize=8)
@@ -129,8 +133,7 @@ def draw_figure(regime: Regime, rows: list[dict], path: str | Path, measured: di
         ax.set_xlabel(xlabel)
 
     ax = axes[0][0]
-    paper = [(yi, r["paper_top1"], 0.0, c) for yi, r, c in zip(y, rows, colors, strict=True)
-             if r["paper_top1"] is not None]
+    paper = [(yi, r["paper_top1"], 0.0, c) for yi, r, c in zip(y, rows, colors, strict=True)]
     ref_name, ref_top1, _ = regime.reference
     bars(ax, paper + [(-1, ref_top1, 0.0, "#e0e0e0")], "ImageNet-1K top-1 (%), the paper")
     ax.axvline(ref_top1, color="#e07b39", ls="--", lw=1)
@@ -139,8 +142,8 @@ def draw_figure(regime: Regime, rows: list[dict], path: str | Path, measured: di
 
     if measured:
         ax2 = axes[0][1]
-        ours = [(yi, measured[r["step"]]["mean"], measured[r["step"]]["std"], c)
-                for yi, r, c in zip(y, rows, colors, strict=True) if r["step"] in measured]
+        ours = [(yi, measured[r["step"]]["mean"], measured[r["step"]]["std"], c) if r["step"] in measured
+                else (yi, None, 0.0, c) for yi, r, c in zip(y, rows, colors, strict=True)]
         bars(ax2, ours, f"top-1 (%), {measured_label}")
         ax2.set_title("ours: mean +- std over seeds", fontsize=9)
 
@@ -172,11 +175,13 @@ def draw_figure(regime: Regime, rows: list[dict], path: str | Path, measured: di
 class SweepConfig:
     """What a small-scale sweep trains: every step's design scaled by `width` and `depth`, at `img_size`.
 
-    The recipe itself is the training engine's; `epochs` is that of the modern-recipe steps, and the
-    original-recipe step (ResNet-50's 90 epochs against 300) trains `resnet_epoch_ratio` of it.
+    The recipe is one of the training engine's (`recipe`, its small-data default); `epochs` is that of
+    the modern-recipe steps, and the original-recipe step (ResNet-50's 90 epochs against 300) trains
+    `resnet_epoch_ratio` of it. `data` is "fashion-mnist" or the root of an ImageFolder (train/, val/).
     """
 
     regime: str = "t"
+    recipe: str = "fashion_mnist"
     data: str = "fashion-mnist"
     width: float = 0.25
     depth: float = 1 / 3
@@ -303,9 +308,47 @@ def sweep_table(cfg: SweepConfig, summary: dict[str, dict]) -> str:
     return "\n".join(lines)
 
 
+# What the original (ResNet, 90-epoch) recipe leaves out of the modern one (paper Section 2.1). The engine's
+# optimizer is AdamW for both: SGD is not part of the shared recipe.
+ORIGINAL_RECIPE = ["data.mixup=0", "data.cutmix=0", "data.auto_augment=null", "data.reprob=0",
+                   "data.label_smoothing=0"]
+
+
 def train_step(step: Step, design: Design, seed: int, cfg: SweepConfig, run_dir: Path) -> dict:
-    """The sweep's `train_fn`: one step, one seed, with the project's training engine and recipe."""
-    raise NotImplementedError("the training engine (convnext.train) is not available in this checkout yet")
+    """The sweep's `train_fn`: one step and seed with the shared training engine and `cfg.recipe`.
+
+    EMA is off for the BatchNorm steps, as in the paper; the original-recipe step drops the augmentation
+    and regularisation of the modern recipe and trains `resnet_epoch_ratio` of the epochs. The run lives
+    in `run_dir`, and resumes from its checkpoints there if the sweep was interrupted inside it.
+    """
+    from .data.datasets import build_datasets
+    from .train.config import load_config
+    from .train.engine import train
+
+    modern = design.recipe == "modern"
+    overrides = [
+        f"optim.epochs={cfg.epochs_for(step)}", f"optim.batch_size={cfg.batch_size}",
+        f"data.input_size={cfg.img_size}", f"run.seed={seed}", f"run.out_dir={run_dir.parent}",
+        f"run.name={run_dir.name}", "run.resume=auto", "run.progress=false", "run.tensorboard=false",
+        "run.plots=false", "run.keep_last=1",
+    ]
+    if cfg.data != "fashion-mnist":
+        overrides += ["data.dataset=imagefolder", f"data.root={cfg.data}"]
+    if cfg.train_subset:
+        overrides.append(f"data.limit_train={cfg.train_subset}")
+    if cfg.val_subset:
+        overrides.append(f"data.limit_val={cfg.val_subset}")
+    if not modern:
+        overrides += ORIGINAL_RECIPE
+    tcfg = load_config(cfg.recipe, overrides)
+    tcfg.run.ema = tcfg.run.ema and design.norm == "ln"
+    train_set, val_set, num_classes, in_chans = build_datasets(tcfg.data)
+    model = build(design, num_classes=num_classes, in_chans=in_chans,
+                  drop_path_rate=tcfg.model.drop_path_rate if modern else 0.0)
+    result = train(tcfg, model=model, train_set=train_set, val_set=val_set, num_classes=num_classes)
+    final = result.final_ema_top1 if tcfg.run.ema and result.final_ema_top1 is not None else result.final_top1
+    return {"top1": final, "top1_no_ema": result.final_top1, "best_top1": result.best_top1, "ema": tcfg.run.ema,
+            "train_time_s": result.train_time_s, "img_per_s": result.img_per_s, "run_dir": result.run_dir}
 
 
 # ------------------------------------------------------------------------------------------------ CLI
@@ -328,6 +371,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="sweep directory: --train writes there; its results are shown when it has some")
     t = parser.add_argument_group("small-scale sweep (--train)")
     t.add_argument("--train", action="store_true", help="retrain the steps at small scale, resuming in --out")
+    t.add_argument("--recipe", default=defaults.recipe, help="training recipe (name or YAML) every step uses")
     t.add_argument("--data", default=defaults.data, help="'fashion-mnist' or an ImageFolder root (train/ val/)")
     t.add_argument("--width", type=float, default=defaults.width, help="width scale of every step")
     t.add_argument("--depth", type=float, default=defaults.depth, help="depth scale of every step")
@@ -344,7 +388,7 @@ def main(args: argparse.Namespace) -> int:
     regime = REGIMES[args.regime]
     measured: dict[str, dict] = {}
     if args.train:
-        cfg = SweepConfig(regime=args.regime, data=args.data, width=args.width, depth=args.depth,
+        cfg = SweepConfig(regime=args.regime, recipe=args.recipe, data=args.data, width=args.width, depth=args.depth,
                           img_size=args.img_size, epochs=args.epochs, batch_size=args.batch_size,
                           train_subset=args.train_subset, val_subset=args.val_subset, steps=args.steps,
                           seeds=args.seeds)
