@@ -198,3 +198,47 @@ def test_table_and_figure_show_measured_results(tmp_path, rows_t):
     assert "90.10 +- 0.30 (n=3)" in text and "4.456" in text
     path = draw_figure(ROADMAP_T, rows, tmp_path / "t.png", measured)
     assert path.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_train_step_uses_the_engine_with_the_papers_ema_and_recipe_rules(tmp_path, monkeypatch):
+    """What train_step hands the shared engine, per step (the engine itself is tested in test_train_engine)."""
+    import convnext.train.engine as engine
+    from convnext.models.roadmap import RoadmapNet
+    from convnext.roadmap import train_step
+
+    seen = {}
+
+    def fake_train(cfg, model=None, train_set=None, val_set=None, num_classes=None):
+        seen.update(cfg=cfg, model=model, n_train=len(train_set), n_classes=num_classes)
+        return engine.TrainResult(run_dir=str(tmp_path), final_top1=70.0, final_ema_top1=60.0, best_top1=71.0)
+
+    monkeypatch.setattr(engine, "train", fake_train)
+    cfg = SweepConfig(epochs=10, train_subset=300, val_subset=100)
+    r0 = train_step(ROADMAP_T[0], cfg.design(ROADMAP_T[0]), 3, cfg, tmp_path / "s0")
+    c = seen["cfg"]
+    assert (c.run.ema, c.optim.epochs, c.data.reprob, c.data.label_smoothing, c.run.seed) == (False, 3, 0.0, 0.0, 3)
+    assert r0["top1"] == 70.0 and seen["n_train"] == 300 and seen["n_classes"] == 10
+    upsample, net = seen["model"]  # Fashion-MNIST's 28x28 resized to the sweep's 32 inside the model
+    assert upsample.size == (32, 32) and isinstance(net, RoadmapNet) and net.design == cfg.design(ROADMAP_T[0])
+
+    r16 = train_step(ROADMAP_T[16], cfg.design(ROADMAP_T[16]), 0, cfg, tmp_path / "s16")
+    c = seen["cfg"]
+    assert (c.run.ema, c.optim.epochs, c.data.reprob) == (True, 10, 0.25)
+    assert r16["top1"] == 60.0 and r16["top1_no_ema"] == 70.0  # EMA model reported for the LN steps
+    r14 = train_step(ROADMAP_T[14], cfg.design(ROADMAP_T[14]), 0, cfg, tmp_path / "s14")
+    assert seen["cfg"].run.ema is False and r14["top1"] == 70.0  # last BatchNorm step: no EMA
+
+
+def test_sweep_trains_for_real(tmp_path):
+    """Two steps end to end on real Fashion-MNIST images with the shared engine (tiny: 2 optimizer steps)."""
+    from convnext.roadmap import sweep_table, train_step
+
+    cfg = SweepConfig(steps=(14, 15), epochs=1, width=0.125, train_subset=128, val_subset=64, batch_size=64)
+    summary = run_sweep(cfg, tmp_path, train_step, log=lambda s: None)
+    assert set(summary) == {"fewer norms", "BN -> LN"}
+    for m in summary.values():
+        assert 0.0 <= m["mean"] <= 100.0 and m["n"] == 1
+    assert summary["BN -> LN"]["ema"] and not summary["fewer norms"]["ema"]
+    assert (tmp_path / "runs" / "15-bn-ln" / "seed0" / "config.yaml").exists()  # the engine's own run record
+    table = sweep_table(cfg, summary)
+    assert "| 15 | BN -> LN |" in table and "| yes |" in table
