@@ -22,9 +22,13 @@ from pathlib import Path
 import torch
 
 from convnext.cli import main as cli_main
+from convnext.roadmap import load_results
 
 HERE = Path(__file__).resolve().parent
 SMOKE = ["--steps", "0,16", "--epochs", "1", "--train-subset", "2048", "--val-subset", "1000"]
+SMOKE_NOTE = ("A smoke run: it proves the machinery (engine, per-step records, resume, table, figure) and nothing "
+              "about the roadmap. After 16 optimizer steps the BatchNorm running statistics (ResNet-50 evaluates at "
+              "chance) and the EMA weights (ConvNeXt-T's EMA top-1 against its raw model's) have not caught up.")
 
 
 def hardware() -> str:
@@ -37,8 +41,9 @@ def hardware() -> str:
     except OSError:
         pass
     gpu = f", GPU {torch.cuda.get_device_name()}" if torch.cuda.is_available() else ""
+    load = ", load average {:.1f} / {:.1f} / {:.1f} at the end (1/5/15 min; shared machine)".format(*os.getloadavg())
     return (f"{cpu}, {os.cpu_count()} cores{gpu}; torch {torch.__version__} "
-            f"({torch.get_num_threads()} threads), Python {platform.python_version()}")
+            f"({torch.get_num_threads()} threads), Python {platform.python_version()}{load}")
 
 
 def main() -> int:
@@ -50,21 +55,23 @@ def main() -> int:
     args, extra = p.parse_known_args()
     name = args.name or ("smoke" if args.smoke else "fmnist")
     out = args.out or f"runs/roadmap_{name}"
-    figure = HERE / f"roadmap_{name}.png"
+    figure = Path(os.path.relpath(HERE / f"roadmap_{name}.png"))
     argv = ["roadmap", "--train", "--out", out, "--seeds", args.seeds, "--figure", str(figure),
             *(SMOKE if args.smoke else []), *extra]
     t0 = time.time()
     code = cli_main(argv)
     minutes = (time.time() - t0) / 60
     table = (Path(out) / "results.md").read_text()
+    run_minutes = sum(r.get("seconds", 0) for r in load_results(out)) / 60
     command = "convnext " + shlex.join(argv)
     record = HERE / f"roadmap_{name}.md"
     record.write_text(
         f"# Roadmap sweep: {name}\n\n"
         f"Command: `{command}` (via `benchmarks/roadmap_sweep.py {shlex.join(sys.argv[1:])}`)\n\n"
         f"Hardware: {hardware()}\n\n"
-        f"Wall time of this invocation: {minutes:.1f} min (a resumed sweep counts only what it trained).\n\n"
-        f"{table}\n\n![figure](roadmap_{name}.png)\n")
+        f"Time: {run_minutes:.1f} min of training and evaluation summed over the runs; this invocation "
+        f"took {minutes:.1f} min (a resumed sweep trains only what was left).\n\n"
+        f"{table}\n\n" + (f"{SMOKE_NOTE}\n\n" if args.smoke else "") + f"![figure](roadmap_{name}.png)\n")
     shutil.copy(Path(out) / "results.json", HERE / f"roadmap_{name}.json")
     print(f"recorded {record} and {figure}")
     return code
