@@ -189,6 +189,8 @@ def test_sweep_resumes_without_redoing_finished_steps(tmp_path):
     assert calls == []
     with pytest.raises(ValueError, match="other settings"):
         run_sweep(SweepConfig(steps=(0,), width=0.5), tmp_path, _fake_train(calls), log=lambda s: None)
+    with pytest.raises(ValueError, match="steps are 0..16"):
+        run_sweep(SweepConfig(steps=(17,)), tmp_path / "other", _fake_train(calls), log=lambda s: None)
     assert json.loads((tmp_path / "runs" / "16-convnext-t" / "seed1.json").read_text())["top1"] == 97.0
     assert summarize(tmp_path) == summary
 

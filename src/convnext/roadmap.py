@@ -13,6 +13,7 @@ import json
 import math
 import os
 import statistics
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -245,6 +246,10 @@ def run_sweep(cfg: SweepConfig, out: str | Path, train_fn: TrainFn,
     """
     out = Path(out)
     regime = REGIMES[cfg.regime]
+    unknown = sorted(set(cfg.steps or ()) - set(range(len(regime))))
+    if unknown:
+        raise ValueError(f"no step {unknown} in the {regime.name} roadmap: steps are 0..{len(regime) - 1} "
+                         "(see `convnext roadmap`)")
     out.mkdir(parents=True, exist_ok=True)
     cfg_file = out / "sweep.json"
     current = _config_json(cfg)
@@ -422,7 +427,11 @@ def main(args: argparse.Namespace) -> int:
                           img_size=args.img_size, epochs=args.epochs, batch_size=args.batch_size,
                           train_subset=args.train_subset, val_subset=args.val_subset, steps=args.steps,
                           seeds=args.seeds)
-        measured = run_sweep(cfg, args.out, train_step)
+        try:
+            measured = run_sweep(cfg, args.out, train_step)
+        except ValueError as e:  # settings that cannot run (bad step, changed sweep, recipe typo, data): say so
+            print(f"convnext roadmap: error: {e}", file=sys.stderr)
+            return 2
         table = sweep_table(cfg, measured)
         (Path(args.out) / "results.md").write_text(table + "\n")
         _write_json(Path(args.out) / "results.json", measured)
