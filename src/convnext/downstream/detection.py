@@ -1,0 +1,127 @@
+"""Mask R-CNN with a ConvNeXt + FPN backbone, built from torchvision's detection models (paper Table 3).
+
+Why no Cascade Mask R-CNN: torchvision has no cascade RoI heads, and a faithful one (three box heads with
+IoU thresholds 0.5/0.6/0.7, per-stage resampling, score averaging) is a second RoI-head implementation
+rather than an adapter; see docs/downstream.md.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+from torchvision.models.detection import MaskRCNN
+
+from ..flops import count_params
+from ..models import MODELS, ConvNeXt
+from .backbone import ConvNeXtFPN, create_backbone
+
+# The paper's Table 3 (reference/paper.md section 7): Mask R-CNN 3x, GMACs at 1280x800, params in millions.
+PAPER_DETECTION: dict[str, dict[str, float]] = {
+    "maskrcnn_convnext_tiny": {"gmacs": 262, "params": 48, "box_ap": 46.2, "mask_ap": 41.7},
+}
+
+DETECTORS: dict[str, str] = {f"maskrcnn_{n}": n for n, s in MODELS.items() if s.cls is ConvNeXt}
+
+# mmdet's multi-scale training of the 3x schedule: short side drawn from 480..800 (step 32), long side <= 1333.
+MULTISCALE_MIN_SIZES = tuple(range(480, 801, 32))
+
+
+def create_detector(
+    name: str,
+    num_classes: int = 91,
+    *,
+    pretrained_backbone: bool | str = False,
+    drop_path_rate: float = 0.0,
+    min_size: int | tuple[int, ...] = MULTISCALE_MIN_SIZES,
+    max_size: int = 1333,
+    fpn_channels: int = 256,
+    backbone_kwargs: dict[str, Any] | None = None,
+    **maskrcnn_kwargs: Any,
+) -> MaskRCNN:
+    """Build a torchvision `MaskRCNN` whose backbone is ConvNeXt + FPN (P2-P6, 256 channels).
+
+    Args:
+        name: "maskrcnn_convnext_tiny" etc. (`list_detectors()`).
+        num_classes: classes including background 0, as torchvision counts them (91 for COCO's category ids;
+            81 for a contiguous 80-class mapping as in mmdet).
+        pretrained_backbone: passed to `create_model(..., pretrained=)`: a classification checkpoint path in
+            any layout the project reads, or a release tag; False for random initialisation.
+        drop_path_rate: the backbone's stochastic depth (the paper: 0.4 for T).
+        min_size: short side(s) the model's own transform resizes to; a tuple draws one per training batch
+            (multi-scale training) and uses the last at evaluation.
+        max_size: cap on the long side.
+        fpn_channels: FPN width.
+        backbone_kwargs: extra `create_model` arguments (e.g. `depths=`, `dims=` for tiny test models).
+        **maskrcnn_kwargs: passed to torchvision's `MaskRCNN` (RPN/RoI settings).
+
+    The result's `config` rebuilds it: `create_detector(**model.config)`.
+    """
+    if name not in DETECTORS:
+        import difflib
+
+        close = difflib.get_close_matches(name, DETECTORS, n=3)
+        raise ValueError(f"Unknown detector {name!r}.{' Did you mean ' + ', '.join(close) + '?' if close else ''} "
+                         f"Available: {', '.join(DETECTORS)}")
+    backbone_kwargs = dict(backbone_kwargs or {})
+    body = create_backbone(DETECTORS[name], pretrained=pretrained_backbone, drop_path_rate=drop_path_rate,
+                           **backbone_kwargs)
+    model = MaskRCNN(ConvNeXtFPN(body, fpn_channels), num_classes=num_classes, min_size=min_size,
+                     max_size=max_size, **maskrcnn_kwargs)
+    model.config = {"name": name, "num_classes": num_classes, "drop_path_rate": drop_path_rate,
+                    "min_size": min_size, "max_size": max_size, "fpn_channels": fpn_channels,
+                    "backbone_kwargs": backbone_kwargs, **maskrcnn_kwargs}
+    return model
+
+
+def list_detectors() -> list[str]:
+    """Names `create_detector` accepts."""
+    return list(DETECTORS)
+
+
+@torch.no_grad()
+def detector_macs(model: MaskRCNN, size: tuple[int, int] = (800, 1280), num_proposals: int = 1000,
+                  num_masks: int = 100) -> int:
+    """Multiply-accumulates of a Mask R-CNN forward the way mmdet's `get_flops.py` counted the paper's 262G.
+
+    mmdet's `forward_dummy` runs backbone + FPN + RPN head on the (H, W) image, the box head on 1000 random
+    proposals and the mask head on the first 100 of them; RoIAlign, NMS and post-processing are not counted.
+    We count the same modules with `torch.utils.flop_counter` (convolutions and matmuls only), feeding the
+    heads pooled features of the right shape, so the count runs on the meta device.
+    """
+    from torch.utils.flop_counter import FlopCounterMode
+
+    h, w = size
+    p = next(model.parameters())
+    was_training = model.training
+    model.eval()
+    counter = FlopCounterMode(display=False)
+    with counter:
+        feats = model.backbone(torch.zeros(1, 3, h, w, device=p.device, dtype=p.dtype))
+        model.rpn.head(list(feats.values()))
+        c = model.backbone.out_channels
+        box = model.roi_heads.box_head(torch.zeros(num_proposals, c, *_pool_size(model.roi_heads.box_roi_pool),
+                                                   device=p.device, dtype=p.dtype))
+        model.roi_heads.box_predictor(box)
+        masks = model.roi_heads.mask_head(torch.zeros(num_masks, c, *_pool_size(model.roi_heads.mask_roi_pool),
+                                                      device=p.device, dtype=p.dtype))
+        model.roi_heads.mask_predictor(masks)
+    model.train(was_training)
+    return counter.get_total_flops() // 2
+
+
+def _pool_size(pool: nn.Module) -> tuple[int, int]:
+    size = pool.output_size
+    return (size, size) if isinstance(size, int) else tuple(size)
+
+
+def detector_flops(name: str = "maskrcnn_convnext_tiny", size: tuple[int, int] = (800, 1280),
+                   num_classes: int = 81) -> dict[str, float | None]:
+    """GMACs (mmdet's counting, see `detector_macs`) and params (M) of a detector built on the meta device,
+    beside the paper's figures; `num_classes=81` is mmdet's COCO head (80 classes + background)."""
+    with torch.device("meta"):
+        model = create_detector(name, num_classes)
+    paper = PAPER_DETECTION.get(name, {})
+    return {"gmacs": detector_macs(model, size) / 1e9, "params": count_params(model) / 1e6,
+            "paper_gmacs": paper.get("gmacs"), "paper_params": paper.get("params")}
