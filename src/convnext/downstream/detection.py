@@ -12,6 +12,8 @@ from typing import Any
 import torch
 from torch import nn
 from torchvision.models.detection import MaskRCNN
+from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHead
+from torchvision.models.detection.mask_rcnn import MaskRCNNHeads, MaskRCNNPredictor
 
 from ..flops import count_params
 from ..models import MODELS, ConvNeXt
@@ -37,6 +39,8 @@ def create_detector(
     min_size: int | tuple[int, ...] = MULTISCALE_MIN_SIZES,
     max_size: int = 1333,
     fpn_channels: int = 256,
+    box_head_dim: int = 1024,
+    mask_head_dim: int = 256,
     backbone_kwargs: dict[str, Any] | None = None,
     **maskrcnn_kwargs: Any,
 ) -> MaskRCNN:
@@ -53,6 +57,8 @@ def create_detector(
             (multi-scale training) and uses the last at evaluation.
         max_size: cap on the long side.
         fpn_channels: FPN width.
+        box_head_dim: width of the box head's two fully connected layers (1024 in the paper's setup).
+        mask_head_dim: width of the mask head's four 3x3 convs and its deconv (256 in the paper's setup).
         backbone_kwargs: extra `create_model` arguments (e.g. `depths=`, `dims=` for tiny test models).
         **maskrcnn_kwargs: passed to torchvision's `MaskRCNN` (RPN/RoI settings).
 
@@ -67,10 +73,16 @@ def create_detector(
     backbone_kwargs = dict(backbone_kwargs or {})
     body = create_backbone(DETECTORS[name], pretrained=pretrained_backbone, drop_path_rate=drop_path_rate,
                            **backbone_kwargs)
-    model = MaskRCNN(ConvNeXtFPN(body, fpn_channels), num_classes=num_classes, min_size=min_size,
-                     max_size=max_size, **maskrcnn_kwargs)
+    # torchvision's default heads, with their widths exposed so tests can use small ones
+    box_head = TwoMLPHead(fpn_channels * 7 * 7, box_head_dim)
+    mask_head = MaskRCNNHeads(fpn_channels, (mask_head_dim,) * 4, 1)
+    model = MaskRCNN(ConvNeXtFPN(body, fpn_channels), num_classes=None, min_size=min_size,
+                     max_size=max_size, box_head=box_head, box_predictor=FastRCNNPredictor(box_head_dim, num_classes),
+                     mask_head=mask_head, mask_predictor=MaskRCNNPredictor(mask_head_dim, mask_head_dim, num_classes),
+                     **maskrcnn_kwargs)
     model.config = {"name": name, "num_classes": num_classes, "drop_path_rate": drop_path_rate,
                     "min_size": min_size, "max_size": max_size, "fpn_channels": fpn_channels,
+                    "box_head_dim": box_head_dim, "mask_head_dim": mask_head_dim,
                     "backbone_kwargs": backbone_kwargs, **maskrcnn_kwargs}
     return model
 

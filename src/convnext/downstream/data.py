@@ -1,0 +1,194 @@
+"""Downstream data: COCO-format detection (torchvision's CocoDetection) and ADE20K-format segmentation.
+
+Both return tensors ready for the models: detection samples are `(image in [0, 1], target dict)` (the
+detector normalises and resizes itself); segmentation samples are `(normalised image, label map int64)`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import random
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
+from torch.utils.data import Dataset, Subset
+from torchvision import tv_tensors
+from torchvision.datasets import CocoDetection, wrap_dataset_for_transforms_v2
+from torchvision.transforms import v2
+from torchvision.transforms.v2 import functional as TF
+
+IGNORE_INDEX = 255
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
+
+
+# ----------------------------------------------------------------------------------------------- detection
+
+class _DropCrowd:
+    """Remove crowd annotations from a training target (mmdet ignores them as gt, as torchvision's reference)."""
+
+    def __call__(self, image: Any, target: dict) -> tuple[Any, dict]:
+        crowd = torch.tensor(target.pop("iscrowd", []), dtype=torch.bool)
+        if crowd.any():
+            keep = ~crowd
+            for key in ("boxes", "masks", "labels"):
+                if key in target:
+                    target[key] = target[key][keep]
+        return image, target
+
+
+def detection_transform(train: bool) -> v2.Compose:
+    """Flip (training) and conversion to float in [0, 1]. Multi-scale resizing is the detector's own
+    transform (`create_detector(min_size=(480, ..., 800))` draws a short side per batch)."""
+    steps: list[Callable] = [_DropCrowd(), v2.ToImage()]
+    if train:
+        steps.append(v2.RandomHorizontalFlip(0.5))
+    steps += [v2.ToDtype(torch.float32, scale=True), v2.SanitizeBoundingBoxes()] if train else \
+        [v2.ToDtype(torch.float32, scale=True)]
+    return v2.Compose(steps)
+
+
+def coco_detection(images: str | Path, annotations: str | Path, train: bool) -> Dataset:
+    """A COCO-format data set (an image folder and an instances json) with boxes, labels and masks.
+
+    Labels are the json's category ids, so the detector needs `num_classes = max id + 1` (background 0).
+    For training, images with no non-crowd annotation are left out (as mmdet's `filter_empty_gt`).
+    The underlying `pycocotools.coco.COCO` is `coco_of(dataset)`.
+    """
+    images, annotations = Path(images), Path(annotations)
+    if not images.is_dir():
+        raise FileNotFoundError(f"COCO image folder {images} does not exist: pass the folder holding the images")
+    if not annotations.is_file():
+        raise FileNotFoundError(f"COCO annotation file {annotations} does not exist: pass an instances_*.json")
+    with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints progress lines
+        base = CocoDetection(str(images), str(annotations), transforms=detection_transform(train))
+    dataset = wrap_dataset_for_transforms_v2(base, target_keys=("boxes", "labels", "masks", "image_id", "iscrowd"))
+    if not train:
+        return dataset
+    coco = base.coco
+    keep = [i for i, img_id in enumerate(base.ids)
+            if any(not a.get("iscrowd", 0) for a in coco.imgToAnns.get(img_id, []))]
+    if not keep:
+        raise ValueError(f"{annotations} has no image with a non-crowd annotation to train on")
+    return Subset(dataset, keep)
+
+
+def coco_of(dataset: Dataset) -> Any:
+    """The pycocotools `COCO` object behind a data set made by `coco_detection`."""
+    while isinstance(dataset, Subset):
+        dataset = dataset.dataset
+    return dataset._dataset.coco
+
+
+def num_coco_classes(dataset: Dataset) -> int:
+    """Classes the detector needs for this data set: the largest category id + 1 (background 0)."""
+    return max(coco_of(dataset).getCatIds()) + 1
+
+
+def collate_detection(batch: list) -> tuple[list, list]:
+    """Lists of images and targets: torchvision's detectors take images of different sizes."""
+    images, targets = zip(*batch, strict=True)
+    return list(images), list(targets)
+
+
+# -------------------------------------------------------------------------------------------- segmentation
+
+class RandomRescale(v2.Transform):
+    """mmseg's `Resize(img_scale=(2048, 512), ratio_range=(0.5, 2.0), keep_ratio=True)`: scale the image so
+    that its short side is at most `short * r` and its long side at most `long * r`, r uniform in the range."""
+
+    def __init__(self, short: int = 512, long: int = 2048, ratio_range: tuple[float, float] = (0.5, 2.0)) -> None:
+        super().__init__()
+        self.short, self.long, self.ratio_range = short, long, ratio_range
+
+    def make_params(self, flat_inputs: list[Any]) -> dict[str, Any]:
+        r = random.uniform(*self.ratio_range)
+        h, w = v2.query_size(flat_inputs)
+        scale = min(self.short * r / min(h, w), self.long * r / max(h, w))
+        return {"size": [max(1, round(h * scale)), max(1, round(w * scale))]}
+
+    def transform(self, inpt: Any, params: dict[str, Any]) -> Any:
+        return TF.resize(inpt, params["size"])  # masks are resized with nearest neighbours
+
+
+def segmentation_train_transform(crop: int = 512, short: int = 512, long: int = 2048) -> v2.Compose:
+    """The paper's ADE20K training pipeline (mmseg): random rescale (0.5-2.0), random crop `crop` padded with
+    ignore, horizontal flip, photometric distortion, ImageNet normalisation.
+
+    Differences from mmseg: the crop is not re-drawn to keep any class under 75% of it (`cat_max_ratio`),
+    and photometric distortion is torchvision's ColorJitter with mmseg's ranges (brightness as a factor).
+    """
+    return v2.Compose([
+        RandomRescale(short, long),
+        v2.RandomCrop(crop, pad_if_needed=True, fill={tv_tensors.Image: 0, tv_tensors.Mask: IGNORE_INDEX}),
+        v2.RandomHorizontalFlip(0.5),
+        v2.ColorJitter(brightness=32 / 255, contrast=0.5, saturation=0.5, hue=18 / 360),
+        v2.ToDtype({tv_tensors.Image: torch.float32, "others": None}, scale=True),
+        v2.Normalize(IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD),
+    ])
+
+
+class SegmentationEvalTransform:
+    """Resize the image (not the label) to short side `short`, long side at most `long`, and normalise;
+    predictions are resized back to the label's size, as mmseg evaluates at the original resolution."""
+
+    def __init__(self, short: int = 512, long: int = 2048) -> None:
+        self.short, self.long = short, long
+
+    def __call__(self, image: tv_tensors.Image, label: tv_tensors.Mask) -> tuple[torch.Tensor, tv_tensors.Mask]:
+        h, w = image.shape[-2:]
+        scale = min(self.short / min(h, w), self.long / max(h, w))
+        image = TF.resize(image, [max(1, round(h * scale)), max(1, round(w * scale))])
+        image = TF.normalize(TF.to_dtype(image, torch.float32, scale=True), IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD)
+        return image, label
+
+
+class ADE20KSegmentation(Dataset):
+    """ADE20K's folder layout: `root/images/<split>/*.jpg` and `root/annotations/<split>/*.png` (same stem).
+
+    With `reduce_zero_label` (ADE20K's convention, as mmseg): label 0 ("other") becomes 255 (ignored) and
+    1..150 become 0..149. Samples are `(image, label int64)` after `transforms(image, label)`.
+    """
+
+    def __init__(self, root: str | Path, split: str = "training", transforms: Callable | None = None,
+                 reduce_zero_label: bool = True) -> None:
+        root = Path(root)
+        image_dir, label_dir = root / "images" / split, root / "annotations" / split
+        for d in (image_dir, label_dir):
+            if not d.is_dir():
+                raise FileNotFoundError(f"{d} does not exist: expected ADE20K's layout root/images/{split} and "
+                                        f"root/annotations/{split}")
+        self.images = sorted(p for p in image_dir.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+        if not self.images:
+            raise FileNotFoundError(f"no images in {image_dir}")
+        self.labels = [label_dir / (p.stem + ".png") for p in self.images]
+        missing = [str(p) for p in self.labels if not p.is_file()]
+        if missing:
+            raise FileNotFoundError(f"{len(missing)} images have no label PNG, e.g. {missing[0]}")
+        self.transforms = transforms
+        self.reduce_zero_label = reduce_zero_label
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        try:
+            image = tv_tensors.Image(TF.pil_to_tensor(Image.open(self.images[i]).convert("RGB")))
+            label = np.array(Image.open(self.labels[i]))
+        except OSError as e:
+            raise OSError(f"cannot read sample {i} ({self.images[i].name}): {e}") from e
+        if label.ndim != 2:
+            raise ValueError(f"{self.labels[i]} is not a single-channel label map (shape {label.shape})")
+        if self.reduce_zero_label:
+            label = label.astype(np.int64)
+            label = np.where(label == 0, IGNORE_INDEX, label - 1)
+            label[label == IGNORE_INDEX - 1] = IGNORE_INDEX  # 255 stays ignored
+        mask = tv_tensors.Mask(torch.from_numpy(np.asarray(label, dtype=np.uint8)))
+        if self.transforms is not None:
+            image, mask = self.transforms(image, mask)
+        return image, mask.as_subclass(torch.Tensor).long()
