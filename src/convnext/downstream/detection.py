@@ -30,6 +30,32 @@ DETECTORS: dict[str, str] = {f"maskrcnn_{n}": n for n, s in MODELS.items() if s.
 MULTISCALE_MIN_SIZES = tuple(range(480, 801, 32))
 
 
+class ConvNeXtMaskRCNN(MaskRCNN):
+    """torchvision's `MaskRCNN` on a `ConvNeXtFPN` backbone, with the layer-wise lr decay groups of the
+    official mmdet `LearningRateDecayOptimizerConstructor` (`decay_type="layer_wise"`).
+
+    `layer_group` follows `ConvNeXt.layer_group` for the backbone's stem, stages and downsampling layers;
+    the backbone's output norms `norm0..3`, the FPN and the heads are the head group (full lr), as in the
+    official constructor, which matches only `downsample_layers` and `stages` names.
+    """
+
+    backbone: ConvNeXtFPN
+
+    @property
+    def num_layer_groups(self) -> int:
+        """Backbone layer groups (6 for T, 12 for S/B/L/XL: the official configs' `num_layers`)."""
+        return self.backbone.body.num_layer_groups
+
+    def layer_group(self, param_name: str) -> int:
+        """Layer-wise lr decay group of a parameter: 0 (stem) .. num_layer_groups + 1 (FPN and heads)."""
+        prefix = "backbone.body."
+        if param_name.startswith(prefix):
+            name = param_name[len(prefix):]
+            if name.startswith(("downsample_layers.", "stages.")):
+                return self.backbone.body.layer_group(name)
+        return self.num_layer_groups + 1
+
+
 def create_detector(
     name: str,
     num_classes: int = 91,
@@ -43,8 +69,8 @@ def create_detector(
     mask_head_dim: int = 256,
     backbone_kwargs: dict[str, Any] | None = None,
     **maskrcnn_kwargs: Any,
-) -> MaskRCNN:
-    """Build a torchvision `MaskRCNN` whose backbone is ConvNeXt + FPN (P2-P6, 256 channels).
+) -> ConvNeXtMaskRCNN:
+    """Build a torchvision `MaskRCNN` (`ConvNeXtMaskRCNN`) whose backbone is ConvNeXt + FPN (P2-P6, 256 channels).
 
     Args:
         name: "maskrcnn_convnext_tiny" etc. (`list_detectors()`).
@@ -76,10 +102,10 @@ def create_detector(
     # torchvision's default heads, with their widths exposed so tests can use small ones
     box_head = TwoMLPHead(fpn_channels * 7 * 7, box_head_dim)
     mask_head = MaskRCNNHeads(fpn_channels, (mask_head_dim,) * 4, 1)
-    model = MaskRCNN(ConvNeXtFPN(body, fpn_channels), num_classes=None, min_size=min_size,
-                     max_size=max_size, box_head=box_head, box_predictor=FastRCNNPredictor(box_head_dim, num_classes),
-                     mask_head=mask_head, mask_predictor=MaskRCNNPredictor(mask_head_dim, mask_head_dim, num_classes),
-                     **maskrcnn_kwargs)
+    model = ConvNeXtMaskRCNN(
+        ConvNeXtFPN(body, fpn_channels), num_classes=None, min_size=min_size, max_size=max_size,
+        box_head=box_head, box_predictor=FastRCNNPredictor(box_head_dim, num_classes), mask_head=mask_head,
+        mask_predictor=MaskRCNNPredictor(mask_head_dim, mask_head_dim, num_classes), **maskrcnn_kwargs)
     model.config = {"name": name, "num_classes": num_classes, "drop_path_rate": drop_path_rate,
                     "min_size": min_size, "max_size": max_size, "fpn_channels": fpn_channels,
                     "box_head_dim": box_head_dim, "mask_head_dim": mask_head_dim,

@@ -110,6 +110,24 @@ class UperNet(nn.Module):
         self.auxiliary_head = FCNHead(in_channels[aux_index], num_classes, aux_channels) if aux_channels else None
         self.num_classes = num_classes
 
+    @property
+    def num_layer_groups(self) -> int:
+        """The official configs' `num_layers` (6 for T, 12 for S/B/L/XL), here the backbone's layer groups."""
+        return self.backbone.num_layer_groups
+
+    def layer_group(self, param_name: str) -> int:
+        """Stage-wise lr decay group, as the official mmseg `LearningRateDecayOptimizerConstructor` with
+        `decay_type="stage_wise"`: stem and downsampling layers 0, stage i's blocks i + 1, everything else
+        (output norms, heads) num_layer_groups + 1. With the scale decay ** (num_layer_groups + 1 - group)
+        that gives T: downsampling 0.9^7, stages 0.9^6..0.9^3, heads 1 (the official jump from 0.9^3 to 1
+        is kept: it is what the paper's numbers were trained with)."""
+        parts = param_name.split(".")
+        if parts[0] == "backbone" and parts[1] == "downsample_layers":
+            return 0
+        if parts[0] == "backbone" and parts[1] == "stages":
+            return int(parts[2]) + 1
+        return self.num_layer_groups + 1
+
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         feats = self.backbone(x)
         out = {"out": _resize(self.decode_head(feats), x.shape[2:])}
