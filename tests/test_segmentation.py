@@ -1,5 +1,7 @@
 """UperNet on ConvNeXt: the paper's size, ADE20K data, mIoU (single/multi-scale, slide), training, reload."""
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -139,3 +141,32 @@ def test_training_lowers_loss_evaluates_and_reloads(tmp_path, ade):
     with torch.no_grad():
         assert torch.equal(model(images)["out"], again(images)["out"])
     assert "aux" not in again(images)  # the auxiliary head only runs in training
+
+
+def test_cli_resumes_exactly_evaluates_and_refuses_to_overwrite(tmp_path, capsys, run_cli):
+    from convnext.cli import main
+
+    small = {"backbone_kwargs": TINY_BACKBONE, "channels": 32, "aux_channels": 16}
+    common = ["train-segmentation", "--synthetic", "8", "--out", str(tmp_path), "--model", "upernet_convnext_atto",
+              "--model-args", json.dumps(small), "--num-classes", "4", "--crop", "48", "--scale", "48", "192",
+              "--iters", "6", "--batch-size", "2", "--lr", "1e-3", "--warmup-iters", "2", "--workers", "0",
+              "--no-progress"]
+    assert main(common + ["--name", "a"]) == 0
+    a = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    # the same run in two jobs: stop mid-epoch at iteration 3 (4 batches per epoch), then resume
+    assert main(common + ["--name", "b", "--stop-at", "3"]) == 0
+    assert main(common + ["--name", "b", "--resume", "auto"]) == 0
+    b = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert 0 <= a["final"]["mIoU"] <= 100 and a["final"] == b["final"]
+    sa = torch.load(tmp_path / "a" / "last-00000006.pt", weights_only=True)["model"]
+    sb = torch.load(tmp_path / "b" / "last-00000006.pt", weights_only=True)["model"]
+    assert all(torch.equal(sa[k], sb[k]) for k in sa)
+    assert (tmp_path / "a" / "loss.png").exists() and (tmp_path / "a" / "metrics.png").exists()
+
+    assert main(common + ["--name", "a"]) == 2
+    assert "already holds checkpoints" in capsys.readouterr().err
+
+    r = run_cli("train-segmentation", "--synthetic", "8", "--out", tmp_path, "--name", "a", "--num-classes", "4",
+                "--scale", "48", "192", "--workers", "0", "--eval-only", tmp_path / "a" / "best.pt")
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout.strip().splitlines()[-1])["mIoU"] == pytest.approx(a["best"]["mIoU"], abs=1e-9)

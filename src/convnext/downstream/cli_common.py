@@ -9,7 +9,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from .engine import LoopConfig, NonFiniteLossError, Task, train_downstream
+from .engine import LoopConfig, NonFiniteLossError, Task, seed_everything, train_downstream
 
 
 def add_common_arguments(parser: argparse.ArgumentParser, model: str, layer_decay: float, warmup: int,
@@ -36,6 +36,8 @@ def add_common_arguments(parser: argparse.ArgumentParser, model: str, layer_deca
     r.add_argument("--seed", type=int, default=0)
     r.add_argument("--eval-every", type=int, default=0, metavar="ITERS", help="evaluate every ITERS (0: at the end)")
     r.add_argument("--ckpt-every", type=int, default=0, metavar="ITERS", help="also checkpoint every ITERS")
+    r.add_argument("--stop-at", type=int, default=0, metavar="ITER",
+                   help="checkpoint and stop at ITER without changing the schedule (resume with --resume auto)")
     r.add_argument("--no-progress", action="store_true", help="no progress bar")
     r.add_argument("--tensorboard", action="store_true", help="also log to TensorBoard (OUT/NAME/tb)")
     o = parser.add_argument_group("optimisation (AdamW)")
@@ -55,16 +57,17 @@ def loop_config(args: argparse.Namespace, iters: int, **kw: Any) -> LoopConfig:
         weight_decay=args.weight_decay, layer_decay=args.layer_decay or None, warmup_iters=args.warmup_iters,
         clip_grad=args.clip_grad, eval_every=args.eval_every, ckpt_every=args.ckpt_every, device=args.device,
         amp=args.amp, seed=args.seed, workers=args.workers, resume=args.resume, progress=not args.no_progress,
-        tensorboard=args.tensorboard, **kw)
+        tensorboard=args.tensorboard, stop_at=args.stop_at, **kw)
 
 
 def run_dir(args: argparse.Namespace) -> Path:
     return Path(args.out) / (args.name or args.model)
 
 
-def run_and_report(task: Callable[[], Task], cfg: Callable[[Task], LoopConfig]) -> int:
+def run_and_report(task: Callable[[], Task], cfg: Callable[[Task], LoopConfig], seed: int) -> int:
     """Build the task, train, print the summary; clear one-line errors (exit 2) for bad input or a NaN loss."""
     try:
+        seed_everything(seed)  # the model's initial weights: the same in every process and every run
         t = task()
         summary = train_downstream(t, cfg(t))
     except (FileNotFoundError, FileExistsError, ValueError, OSError, NonFiniteLossError) as e:

@@ -107,4 +107,4 @@ def main(args: argparse.Namespace) -> int:
         milestones = tuple(round(m * per_epoch) for m in args.milestones)
         return loop_config(args, iters, schedule="step", milestones=milestones, warmup_ratio=1e-3)
 
-    return run_and_report(task, cfg)
+    return run_and_report(task, cfg, args.seed)

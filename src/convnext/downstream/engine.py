@@ -67,6 +67,7 @@ class LoopConfig:
     eval_every: int = 0  # iterations; 0: only at the end
     ckpt_every: int = 0  # iterations; 0: at every evaluation and at the end
     keep_last: int = 2
+    stop_at: int = 0  # checkpoint and stop at this iteration without changing the schedule (job splitting)
     device: str = "auto"
     amp: str = "auto"
     seed: int = 0
@@ -186,7 +187,7 @@ def train_downstream(task: Task, cfg: LoopConfig) -> dict[str, Any]:
 
         bar = tqdm(total=cfg.iters, initial=it, desc=task.name, unit="it", dynamic_ncols=True, file=sys.stderr)
     metrics: dict[str, Any] = {}
-    while it < cfg.iters:
+    while it < cfg.iters and not (cfg.stop_at and it >= cfg.stop_at):
         sampler.set_epoch(it // per_epoch, it % per_epoch)
         for batch in loader:
             t0 = time.time()
@@ -228,6 +229,11 @@ def train_downstream(task: Task, cfg: LoopConfig) -> dict[str, Any]:
                 metrics = evaluate_and_save()
             elif cfg.ckpt_every and it % cfg.ckpt_every == 0 and info.is_main:
                 ckpts.save(state(), it)
+            if it == cfg.stop_at and it < cfg.iters:
+                if info.is_main:
+                    ckpts.save(state(), it)
+                    log.info(f"Stopped at iteration {it} of {cfg.iters} (--stop-at); continue with --resume auto")
+                break
             if it >= cfg.iters:
                 break
     if bar is not None:
