@@ -11,8 +11,8 @@ from convnext.downstream.metrics import coco_evaluate, evaluate_detection
 from convnext.downstream.synthetic import make_coco_shapes
 
 TINY_BACKBONE = {"depths": (1, 1, 1, 1), "dims": (16, 32, 64, 128), "compute_path": "linear"}
-# small heads and proposal counts: the paper's widths on a 128x128 image cost seconds per step on a CPU
-SMALL = {"min_size": 128, "max_size": 128, "fpn_channels": 32, "box_head_dim": 64, "mask_head_dim": 32,
+# small heads and proposal counts: the paper's widths on a 96x96 image cost seconds per step on a CPU
+SMALL = {"min_size": 96, "max_size": 96, "fpn_channels": 32, "box_head_dim": 64, "mask_head_dim": 32,
          "box_batch_size_per_image": 64, "rpn_pre_nms_top_n_train": 200, "rpn_post_nms_top_n_train": 200,
          "rpn_pre_nms_top_n_test": 200, "rpn_post_nms_top_n_test": 100}
 
@@ -23,7 +23,7 @@ def tiny_detector(**kw):
 
 @pytest.fixture(scope="module")
 def coco(tmp_path_factory):
-    return make_coco_shapes(tmp_path_factory.mktemp("coco"), 8, size=128, seed=0)
+    return make_coco_shapes(tmp_path_factory.mktemp("coco"), 8, size=96, seed=0)
 
 
 def test_maskrcnn_tiny_matches_paper_size():
@@ -58,8 +58,9 @@ def test_coco_data_and_perfect_predictions_score_100(coco):
         pred = {"boxes": target["boxes"].as_subclass(torch.Tensor).float(), "labels": target["labels"],
                 "scores": torch.ones(n), "masks": target["masks"].float()[:, None]}
         outputs[target["image_id"]] = pred
-        wrong[target["image_id"]] = {**pred, "labels": target["labels"] % 3 + 1}  # every class wrong
-        assert image.shape == (3, 128, 128) and 0 <= image.min() and image.max() <= 1
+        # every detection misses: boxes moved off the image, empty masks
+        wrong[target["image_id"]] = {**pred, "boxes": pred["boxes"] + 1000, "masks": torch.zeros_like(pred["masks"])}
+        assert image.shape == (3, 96, 96) and 0 <= image.min() and image.max() <= 1
     perfect = coco_evaluate(coco_of(val), outputs)
     assert perfect["bbox_AP"] == pytest.approx(100) and perfect["segm_AP"] == pytest.approx(100)
     assert perfect["bbox_AP50"] == pytest.approx(100)
@@ -131,3 +132,23 @@ def test_training_lowers_loss_evaluates_and_reloads(tmp_path, coco):
 def test_unknown_detector_names_suggest_close_ones():
     with pytest.raises(ValueError, match="maskrcnn_convnext_tiny"):
         create_detector("maskrcnn_convnext_tiyn")
+
+
+def test_cli_trains_evaluates_and_explains_missing_data(tmp_path, capsys):
+    from convnext.cli import main
+
+    common = ["train-detection", "--out", str(tmp_path), "--model", "maskrcnn_convnext_atto", "--workers", "0",
+              "--no-progress"]
+    model_args = {"backbone_kwargs": TINY_BACKBONE, **{k: v for k, v in SMALL.items() if "size" not in k}}
+    assert main(common + ["--synthetic", "4", "--name", "d", "--model-args", json.dumps(model_args), "--min-size",
+                          "112", "128", "--max-size", "128", "--epochs", "2", "--batch-size", "2", "--lr", "1e-3",
+                          "--warmup-iters", "2"]) == 0
+    out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert 0 <= out["final"]["bbox_AP"] <= 100 and 0 <= out["final"]["segm_AP"] <= 100
+    ck = torch.load(tmp_path / "d" / "best.pt", weights_only=True)
+    assert ck["task"] == "detection" and ck["iter"] == 4 and list(ck["config"]["model"]["min_size"]) == [112, 128]
+    records = [json.loads(line) for line in (tmp_path / "d" / "metrics.jsonl").read_text().splitlines()]
+    assert {"loss_classifier", "loss_mask", "loss_objectness"} <= set(records[0])
+
+    assert main(common + ["--name", "e", "--val-images", str(tmp_path)]) == 2
+    assert "missing --val-ann, --train-images, --train-ann" in capsys.readouterr().err
