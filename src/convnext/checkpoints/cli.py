@@ -1,0 +1,96 @@
+"""`convnext convert SRC DST --to LAYOUT`: rewrite a checkpoint in another layout (or in ours)."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+from .errors import CheckpointError
+from .io import read_checkpoint, unwrap_state_dict, write_json, write_state_dict
+from .layouts import LAYOUTS, detect_layout, from_official, to_official
+from .matching import infer_config
+from .ours import read_config, save_state_dict
+
+TARGETS = (*LAYOUTS, "safetensors")
+
+
+def convert(src: str | os.PathLike, dst: str | os.PathLike, to: str, *, key: str | None = None,
+            conv_mlp: bool = False) -> tuple[Path, str]:
+    """Read `src` (any layout, wrapped or not, ours) and write it to `dst` in layout `to`:
+
+    - "official": {"model": state_dict} with torch.save (a .safetensors `dst` gets the bare state dict);
+    - "timm", "torchvision": the bare state dict (torch.save, or safetensors for a .safetensors `dst`);
+      `conv_mlp` writes timm's 1x1-conv MLP weights (timm's convnext_atto..nano use them);
+    - "hf": a directory for `ConvNextForImageClassification.from_pretrained` (config.json +
+      model.safetensors), or just the weights for a .safetensors/.bin `dst`;
+    - "safetensors": ours (model.safetensors + config.json), loadable with `convnext.load`.
+    Returns the weights file written and the layout `src` was in.
+    """
+    if to not in TARGETS:
+        raise ValueError(f"Unknown target {to!r}; choose one of {', '.join(TARGETS)}")
+    raw = unwrap_state_dict(read_checkpoint(src), key)
+    layout = detect_layout(raw)
+    official = to_official(raw, layout)
+    dst = Path(dst)
+    if to == "safetensors":
+        return save_state_dict(official, dst, read_config(src) or infer_config(official)), layout
+    out = from_official(official, to, conv_mlp=conv_mlp)
+    if to == "hf" and dst.suffix not in (".safetensors", ".bin"):
+        write_json(hf_config(official), dst / "config.json")
+        dst = dst / "model.safetensors"
+    elif to == "official" and dst.suffix != ".safetensors":
+        out = {"model": out}
+    write_state_dict(out, dst)
+    return dst, layout
+
+
+def hf_config(official: dict) -> dict[str, Any]:
+    """The transformers ConvNextConfig of an official-layout state dict.
+
+    layer_norm_eps is written as 1e-6, the value every other implementation uses for the final LayerNorm,
+    so that the HF model computes exactly what ours does (HF's own default there is 1e-12).
+    """
+    from ..predict import class_names
+
+    cfg = infer_config(official)
+    if "features_only" in cfg or "downsample_layers.0.0.weight" not in official:
+        raise CheckpointError("The HF layout holds the hierarchical classifier only (no isotropic model or "
+                              "detection backbone).")
+    n_stages = 1 + max(int(k.split(".")[1]) for k in official if k.startswith("stages."))
+    depths = [1 + max(int(k.split(".")[2]) for k in official if k.startswith(f"stages.{i}.")) for i in range(n_stages)]
+    names = class_names(cfg["num_classes"])
+    stem = official["downsample_layers.0.0.weight"]
+    return {
+        "architectures": ["ConvNextForImageClassification"], "model_type": "convnext",
+        "num_channels": stem.shape[1], "patch_size": stem.shape[-1], "num_stages": n_stages,
+        "hidden_sizes": [official[f"stages.{i}.0.dwconv.weight"].shape[0] for i in range(n_stages)],
+        "depths": depths, "hidden_act": "gelu", "initializer_range": 0.02, "layer_norm_eps": 1e-6,
+        "layer_scale_init_value": 1e-6 if "stages.0.0.gamma" in official else 0.0, "drop_path_rate": 0.0,
+        "image_size": 224, "id2label": {str(i): n for i, n in enumerate(names)},
+        "label2id": {n: i for i, n in enumerate(names)},
+    }
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("src", help="checkpoint to read: any layout, file or directory (ours, HF)")
+    parser.add_argument("dst", help="where to write (a directory for --to safetensors/hf, else a file)")
+    parser.add_argument("--to", required=True, choices=TARGETS, help="layout to write")
+    parser.add_argument("--key", default=None,
+                        help="entry of a wrapped checkpoint holding the weights (default: model / state_dict; "
+                             "e.g. model_ema for the EMA weights of an official training checkpoint)")
+    parser.add_argument("--timm-conv-mlp", action="store_true",
+                        help="write timm's 1x1-conv MLP weights (needed by timm's convnext_atto..nano)")
+
+
+def main(args: argparse.Namespace) -> int:
+    try:
+        out, layout = convert(args.src, args.dst, args.to, key=args.key, conv_mlp=args.timm_conv_mlp)
+    except (CheckpointError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(f"{args.src} ({layout} layout) -> {out} ({args.to})")
+    return 0
+
