@@ -152,3 +152,22 @@ def test_cli_trains_evaluates_and_explains_missing_data(tmp_path, capsys):
 
     assert main(common + ["--name", "e", "--val-images", str(tmp_path)]) == 2
     assert "missing --val-ann, --train-images, --train-ann" in capsys.readouterr().err
+
+
+@pytest.mark.filterwarnings("ignore:Classification weights loaded into a backbone")
+def test_backbone_loads_classification_checkpoints_in_any_layout(tmp_path):
+    from convnext import create_model
+    from convnext.checkpoints import convert
+
+    tiny = {k: v for k, v in TINY_BACKBONE.items() if k != "compute_path"}
+    clf = create_model("convnext_atto", num_classes=10, **tiny)
+    torch.save({"model": clf.state_dict()}, tmp_path / "official.pth")
+    convert(tmp_path / "official.pth", tmp_path / "timm.pth", to="timm")
+    expected = clf.state_dict()
+    for path in ("official.pth", "timm.pth"):
+        model = create_detector("maskrcnn_convnext_atto", 4, pretrained_backbone=str(tmp_path / path),
+                                backbone_kwargs=tiny, **SMALL)
+        body = model.backbone.body.state_dict()
+        shared = [k for k in body if not k.startswith("norm")]
+        assert len(shared) == len(expected) - 4  # all but the pooled norm and the classifier
+        assert all(torch.equal(body[k], expected[k]) for k in shared), path
