@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import subprocess
 import sys
@@ -23,6 +24,7 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 BACKBONE = {"depths": [1, 1, 2, 1], "dims": [32, 64, 128, 256]}
+THREADS = "1"  # one thread per run: on a CPU shared with other jobs, 2 threads each ran 6x slower (OpenMP spinning)
 DETECTION = ["--model", "maskrcnn_convnext_atto", "--model-args", json.dumps({
     "backbone_kwargs": BACKBONE, "fpn_channels": 64, "box_head_dim": 256, "mask_head_dim": 64,
     "box_batch_size_per_image": 128, "rpn_pre_nms_top_n_train": 300, "rpn_post_nms_top_n_train": 300,
@@ -35,7 +37,8 @@ SEGMENTATION = ["--model", "upernet_convnext_atto", "--model-args", json.dumps({
 
 def start(command: str, args: list[str], out: Path, name: str) -> subprocess.Popen:
     cmd = [sys.executable, "-m", "convnext", command, "--out", str(out), "--name", name, "--no-progress", *args]
-    return subprocess.Popen(cmd, env={"PYTHONPATH": str(ROOT / "src"), "PATH": ""}, cwd=ROOT)
+    env = {"PYTHONPATH": str(ROOT / "src"), "PATH": "", "OMP_NUM_THREADS": THREADS}
+    return subprocess.Popen([*cmd, "--threads", THREADS], env=env, cwd=ROOT)
 
 
 def finish(proc: subprocess.Popen, out: Path, name: str, t0: float) -> tuple[list[dict], float]:
@@ -76,9 +79,10 @@ def main() -> None:
     lines = [
         f"# Downstream training on synthetic shapes ({a.images} train / {max(4, a.images // 4)} val images, 128 px)",
         "",
-        f"Hardware: {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, shared with "
-        f"other jobs; torch {torch.__version__}. Command: `PYTHONPATH=src python benchmarks/downstream_synthetic.py "
-        f"--record`: detection {det_s / 60:.1f} min, segmentation {seg_s / 60:.1f} min, run side by side.",
+        f"Hardware: {platform.processor() or platform.machine()}, {os.cpu_count()} cores shared with other jobs, "
+        f"1 thread per run; torch {torch.__version__}. Command: `PYTHONPATH=src python "
+        f"benchmarks/downstream_synthetic.py --record`: detection {det_s / 60:.1f} min, segmentation "
+        f"{seg_s / 60:.1f} min, run side by side.",
         "",
         "| iteration | box AP | box AP50 | mask AP | mask AP50 |", "|---|---|---|---|---|",
         *[f"| {r['step']} | {r['bbox_AP']:.1f} | {r['bbox_AP50']:.1f} | {r['segm_AP']:.1f} | {r['segm_AP50']:.1f} |"

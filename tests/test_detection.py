@@ -17,6 +17,17 @@ SMALL = {"min_size": 96, "max_size": 96, "fpn_channels": 32, "box_head_dim": 64,
          "rpn_pre_nms_top_n_test": 200, "rpn_post_nms_top_n_test": 100}
 
 
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    # The test machine's cores are shared with other jobs: one thread avoids OpenMP oversubscription, which
+    # made these small-model steps about 6x slower with two threads each.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def tiny_detector(**kw):
     return create_detector("maskrcnn_convnext_atto", 4, backbone_kwargs=TINY_BACKBONE, **SMALL, **kw)
 

@@ -33,6 +33,8 @@ def add_common_arguments(parser: argparse.ArgumentParser, model: str, layer_deca
     r.add_argument("--amp", default="auto", choices=["auto", "bf16", "fp16", "none"],
                    help="autocast (auto: bf16 on CUDA)")
     r.add_argument("--workers", type=int, default=2, help="data loader processes per training process")
+    r.add_argument("--threads", type=int, default=0,
+                   help="torch CPU threads (0: torch's default; 1 is much faster on a CPU shared with other jobs)")
     r.add_argument("--seed", type=int, default=0)
     r.add_argument("--eval-every", type=int, default=0, metavar="ITERS", help="evaluate every ITERS (0: at the end)")
     r.add_argument("--ckpt-every", type=int, default=0, metavar="ITERS", help="also checkpoint every ITERS")
@@ -56,8 +58,8 @@ def loop_config(args: argparse.Namespace, iters: int, **kw: Any) -> LoopConfig:
         run_dir=str(run_dir(args)), iters=iters, batch_size=args.batch_size, lr=args.lr,
         weight_decay=args.weight_decay, layer_decay=args.layer_decay or None, warmup_iters=args.warmup_iters,
         clip_grad=args.clip_grad, eval_every=args.eval_every, ckpt_every=args.ckpt_every, device=args.device,
-        amp=args.amp, seed=args.seed, workers=args.workers, resume=args.resume, progress=not args.no_progress,
-        tensorboard=args.tensorboard, stop_at=args.stop_at, **kw)
+        amp=args.amp, seed=args.seed, workers=args.workers, threads=args.threads, resume=args.resume,
+        progress=not args.no_progress, tensorboard=args.tensorboard, stop_at=args.stop_at, **kw)
 
 
 def run_dir(args: argparse.Namespace) -> Path:

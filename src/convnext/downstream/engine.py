@@ -72,6 +72,7 @@ class LoopConfig:
     amp: str = "auto"
     seed: int = 0
     workers: int = 2
+    threads: int = 0  # torch CPU threads; 0 keeps torch's default
     resume: str | None = None
     progress: bool = True
     tensorboard: bool = False
@@ -99,6 +100,8 @@ def train_downstream(task: Task, cfg: LoopConfig) -> dict[str, Any]:
     wall0 = time.time()
     device = resolve_device(cfg.device)
     info: DistInfo = init_distributed(device.type)
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
     seed_everything(cfg.seed)
     run_dir = Path(cfg.run_dir)
     ckpts = CheckpointManager(run_dir, cfg.keep_last)
