@@ -10,22 +10,14 @@ from convnext.downstream.data import coco_detection, coco_of, collate_detection,
 from convnext.downstream.metrics import coco_evaluate, evaluate_detection
 from convnext.downstream.synthetic import make_coco_shapes
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 TINY_BACKBONE = {"depths": (1, 1, 1, 1), "dims": (16, 32, 64, 128), "compute_path": "linear"}
 # small heads and proposal counts: the paper's widths on a 96x96 image cost seconds per step on a CPU
 SMALL = {"min_size": 96, "max_size": 96, "fpn_channels": 32, "box_head_dim": 64, "mask_head_dim": 32,
          "box_batch_size_per_image": 64, "rpn_pre_nms_top_n_train": 200, "rpn_post_nms_top_n_train": 200,
          "rpn_pre_nms_top_n_test": 200, "rpn_post_nms_top_n_test": 100}
 
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # The test machine's cores are shared with other jobs: one thread avoids OpenMP oversubscription, which
-    # made these small-model steps about 6x slower with two threads each.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def tiny_detector(**kw):

@@ -14,18 +14,10 @@ from convnext.downstream.inference import segment
 from convnext.downstream.metrics import MeanIoU, evaluate_segmentation
 from convnext.downstream.synthetic import make_ade_shapes
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 TINY_BACKBONE = {"depths": (1, 1, 1, 1), "dims": (16, 32, 64, 128), "compute_path": "linear"}
 
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # The test machine's cores are shared with other jobs: one thread avoids OpenMP oversubscription, which
-    # made these small-model steps about 6x slower with two threads each.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def tiny_segmenter():

@@ -32,6 +32,19 @@ def create_backbone(
     return model
 
 
+def backbone_for(name: str, table: dict[str, str], kind: str, pretrained: bool | str, drop_path_rate: float,
+                 backbone_kwargs: dict[str, Any]) -> ConvNeXtFeatures:
+    """The backbone of the downstream model `name` (`table` maps model names to ConvNeXt names), with a
+    suggestion of close names when `name` is unknown."""
+    if name not in table:
+        import difflib
+
+        close = difflib.get_close_matches(name, table, n=3)
+        raise ValueError(f"Unknown {kind} {name!r}.{' Did you mean ' + ', '.join(close) + '?' if close else ''} "
+                         f"Available: {', '.join(table)}")
+    return create_backbone(table[name], pretrained=pretrained, drop_path_rate=drop_path_rate, **backbone_kwargs)
+
+
 class ConvNeXtFPN(nn.Module):
     """ConvNeXt stage outputs -> torchvision `FeaturePyramidNetwork`, the interface torchvision's detectors
     expect: `forward` returns an ordered dict of maps with `out_channels` channels, and `out_channels` is set.

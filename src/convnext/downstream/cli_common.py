@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -75,5 +76,6 @@ def run_and_report(task: Callable[[], Task], cfg: Callable[[Task], LoopConfig], 
     except (FileNotFoundError, FileExistsError, ValueError, OSError, NonFiniteLossError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    print(json.dumps({"best": summary["best"], "final": summary["final"], "run_dir": summary["run_dir"]}))
+    if int(os.environ.get("RANK", "0")) == 0:  # under torchrun only rank 0 evaluates and reports
+        print(json.dumps({"best": summary["best"], "final": summary["final"], "run_dir": summary["run_dir"]}))
     return 0

@@ -17,7 +17,7 @@ from torchvision.models.detection.mask_rcnn import MaskRCNNHeads, MaskRCNNPredic
 
 from ..flops import count_params
 from ..models import MODELS, ConvNeXt
-from .backbone import ConvNeXtFPN, create_backbone
+from .backbone import ConvNeXtFPN, backbone_for
 
 # The paper's Table 3 (reference/paper.md section 7): Mask R-CNN 3x, GMACs at 1280x800, params in millions.
 PAPER_DETECTION: dict[str, dict[str, float]] = {
@@ -90,15 +90,8 @@ def create_detector(
 
     The result's `config` rebuilds it: `create_detector(**model.config)`.
     """
-    if name not in DETECTORS:
-        import difflib
-
-        close = difflib.get_close_matches(name, DETECTORS, n=3)
-        raise ValueError(f"Unknown detector {name!r}.{' Did you mean ' + ', '.join(close) + '?' if close else ''} "
-                         f"Available: {', '.join(DETECTORS)}")
     backbone_kwargs = dict(backbone_kwargs or {})
-    body = create_backbone(DETECTORS[name], pretrained=pretrained_backbone, drop_path_rate=drop_path_rate,
-                           **backbone_kwargs)
+    body = backbone_for(name, DETECTORS, "detector", pretrained_backbone, drop_path_rate, backbone_kwargs)
     # torchvision's default heads, with their widths exposed so tests can use small ones
     box_head = TwoMLPHead(fpn_channels * 7 * 7, box_head_dim)
     mask_head = MaskRCNNHeads(fpn_channels, (mask_head_dim,) * 4, 1)

@@ -16,6 +16,7 @@ import time
 from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -111,13 +112,13 @@ def train_downstream(task: Task, cfg: LoopConfig) -> dict[str, Any]:
     sampler = ResumableSampler(len(task.train_set), cfg.batch_size, cfg.seed, info.rank, info.world_size)
     loader = torch.utils.data.DataLoader(
         SeededDataset(task.train_set), batch_size=cfg.batch_size, sampler=sampler, num_workers=cfg.workers,
-        collate_fn=lambda items: task.collate([item[:2] for item in items]), pin_memory=device.type == "cuda",
+        collate_fn=partial(_collate_pairs, task.collate), pin_memory=device.type == "cuda",
         generator=torch.Generator())
     per_epoch = sampler.batches_per_epoch
 
     # ---- model, optimizer (layer decay from model.layer_group), precision, DDP --------------------------
     raw = task.model.to(device)
-    if info.distributed:
+    if info.distributed and device.type == "cuda":  # SyncBatchNorm is CUDA-only; CPU ranks keep their own stats
         raw = nn.SyncBatchNorm.convert_sync_batchnorm(raw)  # the heads' BN over the global batch, as mmseg
     optimizer = build_optimizer(raw, cfg.lr, cfg.weight_decay, layer_decay=cfg.layer_decay)
     dtype = amp_dtype(cfg.amp, device)
@@ -253,6 +254,11 @@ def train_downstream(task: Task, cfg: LoopConfig) -> dict[str, Any]:
     log.close()
     cleanup()
     return summary
+
+
+def _collate_pairs(collate: Callable[[list], Any], items: list) -> Any:
+    # SeededDataset yields (sample, target, bad_path) triples; the tasks' collate functions take pairs
+    return collate([item[:2] for item in items])
 
 
 def load_trained(path: str | Path, build: Callable[..., nn.Module]) -> tuple[nn.Module, dict[str, Any]]:

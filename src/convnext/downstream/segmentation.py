@@ -18,7 +18,7 @@ from torchvision.ops import Conv2dNormActivation
 
 from ..flops import count_macs, count_params
 from ..models import MODELS, ConvNeXt, ConvNeXtFeatures
-from .backbone import create_backbone
+from .backbone import backbone_for
 
 # The paper's Table 4 (reference/paper.md section 7): UperNet 160k, GMACs at 2048x512, params in millions,
 # mIoU single-scale / multi-scale.
@@ -159,15 +159,8 @@ def create_segmenter(
 
     The result's `config` rebuilds it: `create_segmenter(**model.config)`.
     """
-    if name not in SEGMENTERS:
-        import difflib
-
-        close = difflib.get_close_matches(name, SEGMENTERS, n=3)
-        raise ValueError(f"Unknown segmenter {name!r}.{' Did you mean ' + ', '.join(close) + '?' if close else ''} "
-                         f"Available: {', '.join(SEGMENTERS)}")
     backbone_kwargs = dict(backbone_kwargs or {})
-    body = create_backbone(SEGMENTERS[name], pretrained=pretrained_backbone, drop_path_rate=drop_path_rate,
-                           **backbone_kwargs)
+    body = backbone_for(name, SEGMENTERS, "segmenter", pretrained_backbone, drop_path_rate, backbone_kwargs)
     model = UperNet(body, num_classes, channels, aux_channels)
     model.config = {"name": name, "num_classes": num_classes, "drop_path_rate": drop_path_rate,
                     "channels": channels, "aux_channels": aux_channels, "backbone_kwargs": backbone_kwargs}
