@@ -174,3 +174,12 @@ def test_backbone_loads_classification_checkpoints_in_any_layout(tmp_path):
         shared = [k for k in body if not k.startswith("norm")]
         assert len(shared) == len(expected) - 4  # all but the pooled norm and the classifier
         assert all(torch.equal(body[k], expected[k]) for k in shared), path
+
+
+def test_step_schedule_with_warmup_matches_mmdet():
+    from convnext.downstream.engine import LoopConfig, lr_at
+
+    cfg = LoopConfig(run_dir="unused", iters=360, lr=1e-4, schedule="step", milestones=(270, 330), warmup_iters=50,
+                     warmup_ratio=1e-3)
+    assert [lr_at(i, cfg) for i in (0, 25, 50, 269, 270, 330, 359)] == pytest.approx(
+        [1e-7, 1e-4 * (1 - 0.5 * 0.999), 1e-4, 1e-4, 1e-5, 1e-6, 1e-6])

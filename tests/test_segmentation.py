@@ -173,3 +173,42 @@ def test_cli_resumes_exactly_evaluates_and_refuses_to_overwrite(tmp_path, capsys
                  "--scale", "48", "192", "--workers", "0", "--eval-only", str(tmp_path / "a" / "best.pt")]) == 0
     assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["mIoU"] == pytest.approx(a["best"]["mIoU"],
                                                                                                 abs=1e-9)
+
+
+def test_poly_schedule_and_optimizer_groups_match_mmseg():
+    from convnext.downstream.engine import LoopConfig, lr_at
+    from convnext.train.optim import build_optimizer
+
+    cfg = LoopConfig(run_dir="unused", iters=1000, lr=1e-4, schedule="poly", warmup_iters=100, warmup_ratio=1e-6)
+    # mmcv: poly (power 1) lr, times 1 - (1 - it / warmup) * (1 - ratio) during warmup
+    assert lr_at(0, cfg) == pytest.approx(1e-4 * 1e-6)
+    assert lr_at(50, cfg) == pytest.approx(1e-4 * 0.95 * (1 - 0.5 * (1 - 1e-6)))
+    assert lr_at(500, cfg) == pytest.approx(0.5e-4)
+    assert lr_at(999, cfg) == pytest.approx(1e-7)
+    with torch.device("meta"):
+        m = create_segmenter("upernet_convnext_tiny")
+    opt = build_optimizer(m, 1e-4, 0.05, layer_decay=0.9)
+    scale = {n: (g["lr_scale"], g["weight_decay"]) for g in opt.param_groups for n in g["names"]}
+    assert scale["backbone.downsample_layers.0.0.weight"] == pytest.approx((0.9 ** 7, 0.05))
+    assert scale["backbone.stages.3.0.pwconv1.weight"] == pytest.approx((0.9 ** 3, 0.05))
+    assert scale["backbone.stages.3.0.pwconv1.bias"] == pytest.approx((0.9 ** 3, 0.0))
+    assert scale["decode_head.fpn_bottleneck.0.weight"] == pytest.approx((1.0, 0.05))
+
+
+def test_nan_loss_stops_without_a_checkpoint_and_bad_images_are_named(tmp_path, ade):
+    from convnext.downstream.engine import LoopConfig, NonFiniteLossError, Task, train_downstream
+
+    train = ADE20KSegmentation(ade, "training", segmentation_train_transform(crop=32, short=32, long=128))
+    task = Task("segmentation", tiny_segmenter(), train, lambda items: items,
+                lambda model, batch, device: {"loss": torch.tensor(float("nan"), requires_grad=True)},
+                lambda model: {"mIoU": 0.0}, "mIoU", {})
+    with pytest.raises(NonFiniteLossError, match="iteration 0.*none yet"):
+        train_downstream(task, LoopConfig(run_dir=str(tmp_path / "run"), iters=4, workers=0, progress=False))
+    assert not list((tmp_path / "run").glob("*.pt"))
+
+    (tmp_path / "images" / "x").mkdir(parents=True)
+    (tmp_path / "annotations" / "x").mkdir(parents=True)
+    (tmp_path / "images" / "x" / "bad.jpg").write_bytes(b"not a jpeg")
+    Image.fromarray(np.zeros((4, 4), np.uint8)).save(tmp_path / "annotations" / "x" / "bad.png")
+    with pytest.raises(OSError, match="bad.jpg"):
+        ADE20KSegmentation(tmp_path, "x")[0]
