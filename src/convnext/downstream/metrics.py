@@ -91,19 +91,22 @@ def coco_evaluate(coco_gt: Any, outputs: dict[int, dict[str, torch.Tensor]],
 
     Only the images in `outputs` are evaluated. An IoU type with no detections scores 0.
     """
+    boxes, segms = coco_results(outputs)
+    return _cocoeval(coco_gt, {"bbox": boxes, "segm": segms}, sorted(outputs), iou_types)
+
+
+def _cocoeval(coco_gt: Any, results: dict[str, list], image_ids: list[int], iou_types: Sequence[str]) -> dict:
     from pycocotools.cocoeval import COCOeval
 
-    boxes, segms = coco_results(outputs)
     metrics: dict[str, float] = {}
     for iou_type in iou_types:
-        results = boxes if iou_type == "bbox" else segms
-        if not results:
+        if not results[iou_type]:
             metrics.update({f"{iou_type}_{k}": 0.0 for k in COCO_STATS})
             continue
         with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints its tables
-            dt = coco_gt.loadRes(results)
+            dt = coco_gt.loadRes(results[iou_type])
             ev = COCOeval(coco_gt, dt, iou_type)
-            ev.params.imgIds = sorted(outputs)
+            ev.params.imgIds = image_ids
             ev.evaluate()
             ev.accumulate()
             ev.summarize()
@@ -118,9 +121,14 @@ def evaluate_detection(model: nn.Module, loader: Iterable, coco_gt: Any,
                        device: str | torch.device = "cpu") -> dict[str, float]:
     """COCO box and mask AP of a torchvision detector over `loader` (batches of (images, targets))."""
     model.eval()
-    outputs: dict[int, dict[str, torch.Tensor]] = {}
+    results: dict[str, list] = {"bbox": [], "segm": []}
+    image_ids: list[int] = []
     for images, targets in loader:
         preds = model([im.to(device) for im in images])
-        for t, p in zip(targets, preds, strict=True):
-            outputs[int(t["image_id"])] = {k: v.cpu() for k, v in p.items()}
-    return coco_evaluate(coco_gt, outputs)
+        ids = [int(t["image_id"]) for t in targets]
+        # masks become RLE per batch: full-size probability maps of a whole data set would not fit in memory
+        boxes, segms = coco_results(dict(zip(ids, preds, strict=True)))
+        results["bbox"] += boxes
+        results["segm"] += segms
+        image_ids += ids
+    return _cocoeval(coco_gt, results, sorted(image_ids), ("bbox", "segm"))
