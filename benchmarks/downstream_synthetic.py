@@ -51,9 +51,9 @@ def finish(proc: subprocess.Popen, out: Path, name: str, t0: float) -> tuple[lis
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--out", type=Path, default=Path("/tmp/downstream_bench"))
-    p.add_argument("--images", type=int, default=64, help="training images (validation: a quarter)")
-    p.add_argument("--det-epochs", type=float, default=24)
-    p.add_argument("--seg-iters", type=int, default=400)
+    p.add_argument("--images", type=int, default=48, help="training images (validation: a quarter)")
+    p.add_argument("--det-epochs", type=float, default=16)
+    p.add_argument("--seg-iters", type=int, default=300)
     p.add_argument("--record", action="store_true", help="write benchmarks/downstream_synthetic.md")
     a = p.parse_args()
     common = ["--synthetic", str(a.images), "--batch-size", "4", "--lr", "1e-3", "--workers", "0",
@@ -84,9 +84,15 @@ def main() -> None:
         f"benchmarks/downstream_synthetic.py --record`: detection {det_s / 60:.1f} min, segmentation "
         f"{seg_s / 60:.1f} min, run side by side.",
         "",
+        "Mask R-CNN (2.3M params: ConvNeXt depths 1-1-2-1, dims 32-256, narrow heads), batch 4, AdamW 1e-3, "
+        "layer decay 0.95, step schedule; untrained or random boxes score ~0 AP:",
+        "",
         "| iteration | box AP | box AP50 | mask AP | mask AP50 |", "|---|---|---|---|---|",
         *[f"| {r['step']} | {r['bbox_AP']:.1f} | {r['bbox_AP50']:.1f} | {r['segm_AP']:.1f} | {r['segm_AP50']:.1f} |"
           for r in det],
+        "",
+        "UperNet (1.7M params, same backbone, 64/32-channel heads), 128 crops, batch 4, AdamW 1e-3, stage-wise "
+        "decay 0.9, poly schedule; 4 classes (background + 3 shapes):",
         "",
         "| iteration | mIoU | mAcc | aAcc |", "|---|---|---|---|",
         f"| chance (all background) | {chance.compute()['mIoU']:.1f} | {chance.compute()['mAcc']:.1f} | "
