@@ -169,6 +169,7 @@ def _read_recipe(name_or_file: str, seen: tuple[str, ...] = ()) -> dict[str, Any
         raw = yaml.safe_load(f) or {}
     if not isinstance(raw, dict):
         raise ConfigError(f"Recipe {path} must be a mapping of sections, got {type(raw).__name__}")
+    raw.pop("resolved", None)  # a run's saved config.yaml can be used as a recipe: its derived values are recomputed
     base = raw.pop("base", None)
     if base is None:
         return raw
@@ -194,38 +195,30 @@ def _unknown(key: str) -> ConfigError:
     return ConfigError(f"Unknown config key {key!r}.{hint}")
 
 
+# (name in the type hint, accepted Python types, how to say it); bool is checked apart, as it is also an int.
+_KINDS = (("tuple", (list, tuple), "a list"), ("dict", (dict,), "a mapping"), ("bool", (bool,), "true or false"),
+          ("float", (int, float), "a number"), ("int", (int,), "an integer"), ("str", (str,), "a string"))
+
+
 def _coerce(key: str, value: Any, hint: Any) -> Any:
     """Check `value` against the field's type hint, converting int -> float and list -> tuple where meant."""
     text = str(hint)
-    optional = "None" in text
     if value is None:
-        if optional:
+        if "None" in text:
             return None
         raise ConfigError(f"{key} cannot be null")
-    if "tuple" in text:
-        if not isinstance(value, (list, tuple)):
-            raise ConfigError(f"{key} must be a list, got {value!r}")
-        return tuple(float(v) for v in value)
-    if "dict" in text:
-        if not isinstance(value, dict):
-            raise ConfigError(f"{key} must be a mapping, got {value!r}")
-        return value
-    if "bool" in text:
-        if not isinstance(value, bool):
-            raise ConfigError(f"{key} must be true or false, got {value!r}")
-        return value
-    if "float" in text:
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ConfigError(f"{key} must be a number, got {value!r}")
-        return float(value)
-    if "int" in text:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(f"{key} must be an integer, got {value!r}")
-        return value
-    if "str" in text:
-        if not isinstance(value, str):
-            raise ConfigError(f"{key} must be a string, got {value!r}")
-        return value
+    if "float" in text and isinstance(value, str):  # YAML 1.1 reads 1e-4 (no dot) as a string
+        try:
+            value = float(value)
+        except ValueError:
+            pass
+    for name, types, say in _KINDS:
+        if name in text:
+            if not isinstance(value, types) or (name != "bool" and isinstance(value, bool)):
+                raise ConfigError(f"{key} must be {say}, got {value!r}")
+            if name == "tuple":
+                return tuple(float(v) for v in value)
+            return float(value) if name == "float" else value
     return value
 
 

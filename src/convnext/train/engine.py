@@ -165,18 +165,21 @@ def train(cfg: Config, model: nn.Module | None = None, train_set=None, val_set=N
     if model is None:
         model = build_model(cfg, num_classes, in_chans)
     model.to(device)
-    if cfg.run.channels_last:
+    fsdp = info.distributed and cfg.run.strategy == "fsdp"
+    if cfg.run.channels_last and not fsdp:  # FSDP shards only contiguous parameters; inputs stay channels_last
         model.to(memory_format=torch.channels_last)
+    if fsdp and cfg.run.ema:
+        raise ValueError("run.ema with run.strategy=fsdp is not supported: set run.ema=false or use ddp")
+    raw_model = model  # fully_shard works in place; DDP wraps
+    if info.distributed:
+        model = _wrap_distributed(model, cfg.run.strategy, device)
     lr = scaled_lr(cfg, info.world_size)
-    optimizer = build_optimizer(model, lr, cfg.optim.weight_decay, cfg.optim.betas, cfg.optim.eps,
+    optimizer = build_optimizer(raw_model, lr, cfg.optim.weight_decay, cfg.optim.betas, cfg.optim.eps,
                                 cfg.optim.layer_decay)
-    ema = build_ema(model, cfg.run.ema_decay) if cfg.run.ema else None
+    ema = build_ema(raw_model, cfg.run.ema_decay) if cfg.run.ema else None
     dtype = amp_dtype(cfg.run.amp, device)
     scaler = torch.amp.GradScaler("cuda") if dtype == torch.float16 else None
     autocast = (lambda: torch.autocast(device.type, dtype=dtype)) if dtype else nullcontext
-    raw_model = model
-    if info.distributed:
-        model = _wrap_distributed(model, cfg.run.strategy, device)
     if cfg.run.compile:
         model = torch.compile(model)
 
@@ -191,8 +194,7 @@ def train(cfg: Config, model: nn.Module | None = None, train_set=None, val_set=N
     resume_path = _resume_path(cfg.run.resume, ckpts)
     if resume_path is not None:
         ck = load_checkpoint(resume_path, map_location="cpu")
-        _load_model_state(raw_model, model, ck["model"], cfg.run.strategy)
-        optimizer.load_state_dict(ck["optimizer"])
+        _load_state(raw_model, optimizer, ck["model"], ck["optimizer"], fsdp)
         if ema is not None and ck.get("ema") is not None:
             ema.module.load_state_dict(ck["ema"])
         if scaler is not None and ck.get("scaler"):
@@ -224,10 +226,11 @@ def train(cfg: Config, model: nn.Module | None = None, train_set=None, val_set=N
                  f"{steps_per_epoch} steps/epoch x {cfg.optim.epochs} epochs")
 
     def make_state(epoch: int, step_in_epoch: int) -> dict[str, Any]:
+        model_state, optim_state = _full_state(raw_model, optimizer, fsdp)  # collective under FSDP
         return {
-            "model": _model_state(raw_model, model, cfg.run.strategy),
+            "model": model_state,
             "ema": ema.module.state_dict() if ema is not None else None,
-            "optimizer": optimizer.state_dict(),
+            "optimizer": optim_state,
             "scaler": scaler.state_dict() if scaler is not None else None,
             "epoch": epoch, "step_in_epoch": step_in_epoch, "global_step": global_step,
             "best": dict(best), "config": resolved, "rng": capture_rng(),
@@ -254,7 +257,7 @@ def train(cfg: Config, model: nn.Module | None = None, train_set=None, val_set=N
         first_step = start_step if epoch == start_epoch else 0
         sampler.set_epoch(epoch, first_step * accum)
         model.train()
-        t_epoch, loss_sum, loss_n = time.time(), 0.0, 0
+        t_epoch, cpu_epoch, loss_sum, loss_n = time.time(), time.process_time(), 0.0, 0
         bar = _progress(info.is_main and cfg.run.progress, steps_per_epoch, first_step, epoch, cfg.optim.epochs)
         micro = first_step * accum
         for x, y, bad in train_loader:
@@ -279,7 +282,8 @@ def train(cfg: Config, model: nn.Module | None = None, train_set=None, val_set=N
                 x = x.contiguous(memory_format=torch.channels_last)
             if mixup_fn is not None:
                 x, y = mixup_fn(x, y)
-            sync = nullcontext() if (last_micro or not info.distributed) else model.no_sync()
+            # FSDP reduce-scatters every micro-batch (correct, slower); DDP skips the all-reduce until the last
+            sync = nullcontext() if (last_micro or not info.distributed or fsdp) else model.no_sync()
             with sync:
                 with autocast():
                     loss = criterion(model(x), y)
@@ -319,9 +323,11 @@ def train(cfg: Config, model: nn.Module | None = None, train_set=None, val_set=N
                 log.metric({"type": "step", "step": global_step, "epoch": epoch + (step_in_epoch + 1) / steps_per_epoch,
                             "loss": loss.item(), "lr": cur_lr})
             at_end = global_step >= total_steps
-            if info.is_main and ((cfg.run.ckpt_every_steps and global_step % cfg.run.ckpt_every_steps == 0)
-                                 or (at_end and step_in_epoch + 1 < steps_per_epoch)):
-                ckpts.save(make_state(epoch, step_in_epoch + 1), global_step)
+            if ((cfg.run.ckpt_every_steps and global_step % cfg.run.ckpt_every_steps == 0)
+                    or (at_end and step_in_epoch + 1 < steps_per_epoch)):
+                state = make_state(epoch, step_in_epoch + 1) if info.is_main or fsdp else None
+                if info.is_main:
+                    ckpts.save(state, global_step)
             if pause_at and global_step == pause_at and info.is_main:
                 (run_dir / f"paused-at-{global_step}").touch()
                 signal.pause()  # the test kills this process here
@@ -331,11 +337,12 @@ def train(cfg: Config, model: nn.Module | None = None, train_set=None, val_set=N
         if bar is not None:
             bar.close()
         epoch_time = time.time() - t_epoch
+        epoch_cpu = time.process_time() - cpu_epoch  # all threads: on a shared machine, what the epoch cost
         train_time += epoch_time
         epoch_done = micro >= steps_per_epoch * accum
 
         # ---- evaluation, best checkpoints, epoch checkpoint ----
-        if epoch_done and ((epoch + 1) % cfg.run.eval_every == 0 or epoch + 1 == cfg.optim.epochs or done):
+        if done or (epoch_done and ((epoch + 1) % cfg.run.eval_every == 0 or epoch + 1 == cfg.optim.epochs)):
             metrics = evaluate(model, val_loader, device, dtype, channels_last=cfg.run.channels_last)
             ema_metrics = evaluate(ema.module, val_loader, device, dtype, channels_last=cfg.run.channels_last) \
                 if ema is not None else None
@@ -345,7 +352,7 @@ def train(cfg: Config, model: nn.Module | None = None, train_set=None, val_set=N
                 "train_loss": train_loss[0] / max(1, train_loss[1]),
                 "lr": optimizer.param_groups[-1]["lr"] / optimizer.param_groups[-1]["lr_scale"],
                 "top1": metrics["top1"], "top5": metrics["top5"], "val_loss": metrics["loss"],
-                "epoch_time_s": epoch_time,
+                "epoch_time_s": epoch_time, "epoch_cpu_s": epoch_cpu,
                 "img_per_s": steps_per_epoch * batch * accum * info.world_size / max(epoch_time, 1e-9),
             }
             if ema_metrics is not None:
@@ -355,18 +362,22 @@ def train(cfg: Config, model: nn.Module | None = None, train_set=None, val_set=N
                      f"val top-1 {metrics['top1']:.2f} top-5 {metrics['top5']:.2f}"
                      + (f", EMA top-1 {ema_metrics['top1']:.2f}" if ema_metrics else "")
                      + f" ({epoch_time:.0f} s)")
+            if metrics["top1"] > best["top1"]:  # every rank has the all-reduced metrics
+                best.update(top1=metrics["top1"], top5=metrics["top5"], epoch=epoch + 1)
+                weights = _full_state(raw_model, None, fsdp)[0] if info.is_main or fsdp else None
+                if info.is_main:
+                    ckpts.save_best({"config": resolved, "epoch": epoch + 1, "model": weights,
+                                     "top1": metrics["top1"], "top5": metrics["top5"]})
             if info.is_main:
                 weights = {"config": resolved, "epoch": epoch + 1}
-                if metrics["top1"] > best["top1"]:
-                    best.update(top1=metrics["top1"], top5=metrics["top5"], epoch=epoch + 1)
-                    ckpts.save_best({**weights, "model": _model_state(raw_model, model, cfg.run.strategy),
-                                     "top1": metrics["top1"], "top5": metrics["top5"]})
                 if ema_metrics is not None and ema_metrics["top1"] > best["ema_top1"]:
                     best.update(ema_top1=ema_metrics["top1"], ema_top5=ema_metrics["top5"])
                     ckpts.save_best({**weights, "model": ema.module.state_dict(), "top1": ema_metrics["top1"],
                                      "top5": ema_metrics["top5"]}, ema=True)
-        if info.is_main and epoch_done:
-            ckpts.save(make_state(epoch + 1, 0), global_step)
+        if epoch_done:
+            state = make_state(epoch + 1, 0) if info.is_main or fsdp else None
+            if info.is_main:
+                ckpts.save(state, global_step)
 
     # ---- the end: plots and summary ---------------------------------------------------------------------
     result = TrainResult(run_dir=str(run_dir), best_top1=max(best["top1"], 0.0), best_top5=best["top5"],
@@ -383,12 +394,9 @@ def train(cfg: Config, model: nn.Module | None = None, train_set=None, val_set=N
 
             for name, path in plot_metrics(run_dir / "metrics.jsonl", run_dir).items():
                 result.files[name] = str(path)
-        result.files.update({
-            "config": str(run_dir / "config.yaml"), "metrics": str(run_dir / "metrics.jsonl"),
-            "last": str(ckpts.latest() or ""), "best": str(run_dir / "best.pt"),
-        })
-        if ema is not None:
-            result.files["best_ema"] = str(run_dir / "best_ema.pt")
+        files = {"config": run_dir / "config.yaml", "metrics": run_dir / "metrics.jsonl", "last": ckpts.latest(),
+                 "best": run_dir / "best.pt", "best_ema": run_dir / "best_ema.pt", "tensorboard": run_dir / "tb"}
+        result.files.update({k: str(v) for k, v in files.items() if v is not None and v.exists()})
         (run_dir / "summary.json").write_text(json.dumps(result.__dict__, indent=2))
     log.close()
     cleanup()
@@ -437,22 +445,33 @@ def _wrap_distributed(model: nn.Module, strategy: str, device: torch.device) -> 
     return DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
 
 
-def _model_state(raw: nn.Module, wrapped: nn.Module, strategy: str) -> dict[str, torch.Tensor]:
-    """The full state dict in the official layout (gathered from the shards under FSDP)."""
-    if strategy == "fsdp" and torch.distributed.is_initialized():
-        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+def _full_state(raw: nn.Module, optimizer: torch.optim.Optimizer | None, fsdp: bool) -> tuple[dict, dict | None]:
+    """Full model (official layout, on CPU) and optimizer state dicts; under FSDP gathered from the shards,
+    a collective every rank must call."""
+    if fsdp:
+        from torch.distributed.checkpoint.state_dict import (
+            StateDictOptions,
+            get_model_state_dict,
+            get_optimizer_state_dict,
+        )
 
-        return get_model_state_dict(raw, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
-    return {k: v.detach().cpu().clone() for k, v in raw.state_dict().items()}
+        opts = StateDictOptions(full_state_dict=True, cpu_offload=True)
+        model_state = get_model_state_dict(raw, options=opts)
+        return model_state, get_optimizer_state_dict(raw, optimizer, options=opts) if optimizer else None
+    model_state = {k: v.detach().cpu().clone() for k, v in raw.state_dict().items()}
+    return model_state, optimizer.state_dict() if optimizer else None
 
 
-def _load_model_state(raw: nn.Module, wrapped: nn.Module, state: dict[str, torch.Tensor], strategy: str) -> None:
-    if strategy == "fsdp" and torch.distributed.is_initialized():
-        from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
+def _load_state(raw: nn.Module, optimizer: torch.optim.Optimizer, model_state: dict, optim_state: dict,
+                fsdp: bool) -> None:
+    if fsdp:
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, set_state_dict
 
-        set_model_state_dict(raw, state, options=StateDictOptions(full_state_dict=True))
+        set_state_dict(raw, optimizer, model_state_dict=model_state, optim_state_dict=optim_state,
+                       options=StateDictOptions(full_state_dict=True))
         return
-    raw.load_state_dict(state)
+    raw.load_state_dict(model_state)
+    optimizer.load_state_dict(optim_state)
 
 
 def _progress(enabled: bool, total: int, initial: int, epoch: int, epochs: int):
