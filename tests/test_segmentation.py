@@ -1,6 +1,7 @@
 """UperNet on ConvNeXt: the paper's size, ADE20K data, mIoU (single/multi-scale, slide), training, reload."""
 
 import json
+import random
 
 import numpy as np
 import pytest
@@ -212,3 +213,24 @@ def test_nan_loss_stops_without_a_checkpoint_and_bad_images_are_named(tmp_path, 
     Image.fromarray(np.zeros((4, 4), np.uint8)).save(tmp_path / "annotations" / "x" / "bad.png")
     with pytest.raises(OSError, match="bad.jpg"):
         ADE20KSegmentation(tmp_path, "x")[0]
+
+
+def test_crop_is_redrawn_until_no_class_dominates_and_padded_with_ignore():
+    from torchvision import tv_tensors
+
+    from convnext.downstream.data import RandomCropCatMax
+
+    random.seed(0)  # the crop positions come from Python's RNG (seeded per sample in training)
+    label = torch.zeros(1, 100, 100, dtype=torch.uint8)
+    label[:, 60:, 60:] = 1  # class 1 in the bottom-right 40x40: ~16% of 40x40 crops have both classes < 75%
+    image = tv_tensors.Image(torch.zeros(3, 100, 100))
+    crop = RandomCropCatMax(40)
+    mixed = 0
+    for _ in range(20):
+        _, m = crop(image, tv_tensors.Mask(label))
+        counts = torch.bincount(m.flatten(), minlength=2)
+        mixed += bool(counts[1] > 0 and counts.max() < 0.75 * counts.sum())
+    assert mixed >= 10  # with up to 10 draws ~82% of crops are balanced; with one draw ~16%
+    img, m = crop(tv_tensors.Image(torch.ones(3, 30, 50)), tv_tensors.Mask(torch.zeros(1, 30, 50, dtype=torch.uint8)))
+    assert img.shape == (3, 40, 40) and m.shape == (1, 40, 40)
+    assert (m[:, 30:] == 255).all() and (m[:, :30] == 0).all() and (img[:, 30:] == 0).all()

@@ -116,16 +116,46 @@ class RandomRescale(v2.Transform):
         return TF.resize(inpt, params["size"])  # masks are resized with nearest neighbours
 
 
-def segmentation_train_transform(crop: int = 512, short: int = 512, long: int = 2048) -> v2.Compose:
-    """The paper's ADE20K training pipeline (mmseg): random rescale (0.5-2.0), random crop `crop` padded with
-    ignore, horizontal flip, photometric distortion, ImageNet normalisation.
+class RandomCropCatMax(v2.Transform):
+    """mmseg's `RandomCrop(crop_size, cat_max_ratio=0.75)` + `Pad(size=crop_size)`: draw up to 10 crops until
+    no class covers `cat_max_ratio` or more of the crop's labelled pixels (the last draw is kept otherwise),
+    then pad the bottom/right up to `size` with 0 (image) and `ignore_index` (labels)."""
 
-    Differences from mmseg: the crop is not re-drawn to keep any class under 75% of it (`cat_max_ratio`),
-    and photometric distortion is torchvision's ColorJitter with mmseg's ranges (brightness as a factor).
+    def __init__(self, size: int, cat_max_ratio: float = 0.75, ignore_index: int = IGNORE_INDEX) -> None:
+        super().__init__()
+        self.size, self.cat_max_ratio, self.ignore_index = size, cat_max_ratio, ignore_index
+
+    def make_params(self, flat_inputs: list[Any]) -> dict[str, Any]:
+        h, w = v2.query_size(flat_inputs)
+        ch, cw = min(self.size, h), min(self.size, w)
+        mask = next((x for x in flat_inputs if isinstance(x, tv_tensors.Mask)), None)
+        for _ in range(10):
+            top, left = random.randint(0, h - ch), random.randint(0, w - cw)
+            if mask is None or self.cat_max_ratio >= 1:
+                break
+            crop = mask[..., top:top + ch, left:left + cw]
+            counts = crop[crop != self.ignore_index].unique(return_counts=True)[1]
+            if len(counts) > 1 and counts.max() < self.cat_max_ratio * counts.sum():
+                break
+        return {"top": top, "left": left, "height": ch, "width": cw}
+
+    def transform(self, inpt: Any, params: dict[str, Any]) -> Any:
+        out = TF.crop(inpt, params["top"], params["left"], params["height"], params["width"])
+        pad = [0, 0, self.size - params["width"], self.size - params["height"]]
+        if pad[2] or pad[3]:
+            out = TF.pad(out, pad, fill=self.ignore_index if isinstance(inpt, tv_tensors.Mask) else 0)
+        return out
+
+
+def segmentation_train_transform(crop: int = 512, short: int = 512, long: int = 2048) -> v2.Compose:
+    """The paper's ADE20K training pipeline (mmseg): random rescale (0.5-2.0), random crop `crop` re-drawn
+    until no class covers 75% of it, padded with ignore, horizontal flip, photometric distortion, ImageNet
+    normalisation. Difference from mmseg: the photometric distortion is torchvision's ColorJitter with
+    mmseg's ranges (brightness as a factor rather than an offset).
     """
     return v2.Compose([
         RandomRescale(short, long),
-        v2.RandomCrop(crop, pad_if_needed=True, fill={tv_tensors.Image: 0, tv_tensors.Mask: IGNORE_INDEX}),
+        RandomCropCatMax(crop),
         v2.RandomHorizontalFlip(0.5),
         v2.ColorJitter(brightness=32 / 255, contrast=0.5, saturation=0.5, hue=18 / 360),
         v2.ToDtype({tv_tensors.Image: torch.float32, "others": None}, scale=True),

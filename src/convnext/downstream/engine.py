@@ -15,7 +15,7 @@ import sys
 import time
 from collections.abc import Callable
 from contextlib import nullcontext
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -78,7 +78,6 @@ class LoopConfig:
     progress: bool = True
     tensorboard: bool = False
     plots: bool = True
-    extra: dict[str, Any] = field(default_factory=dict)  # CLI settings recorded in config.json
 
 
 def lr_at(it: int, cfg: LoopConfig) -> float:
