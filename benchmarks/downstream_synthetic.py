@@ -29,7 +29,7 @@ DETECTION = ["--model", "maskrcnn_convnext_atto", "--model-args", json.dumps({
     "backbone_kwargs": BACKBONE, "fpn_channels": 64, "box_head_dim": 256, "mask_head_dim": 64,
     "box_batch_size_per_image": 128, "rpn_pre_nms_top_n_train": 300, "rpn_post_nms_top_n_train": 300,
     "rpn_pre_nms_top_n_test": 300, "rpn_post_nms_top_n_test": 100}),
-    "--min-size", "112", "128", "144", "--max-size", "144"]
+    "--min-size", "112", "128", "144", "--max-size", "144", "--crop-policy", "0"]  # recorded before the policy existed
 SEGMENTATION = ["--model", "upernet_convnext_atto", "--model-args", json.dumps({
     "backbone_kwargs": BACKBONE, "channels": 64, "aux_channels": 32}),
     "--num-classes", "4", "--crop", "128", "--scale", "128", "512"]

@@ -79,7 +79,7 @@ def test_training_drops_crowd_and_empty_images(tmp_path, coco):
     alone = sum(a["image_id"] == first for a in data["annotations"]) == 1
     path = tmp_path / "crowd.json"
     path.write_text(json.dumps(data))
-    train = coco_detection(images, path, train=True)
+    train = coco_detection(images, path, train=True, crop_policy=0)
     assert len(train) == 8 - alone
     ids = [t["image_id"] for _, t in train]
     if not alone:
@@ -91,7 +91,7 @@ def test_training_drops_crowd_and_empty_images(tmp_path, coco):
 
 def test_training_lowers_loss_evaluates_and_reloads(tmp_path, coco):
     images, ann = coco
-    train = coco_detection(images, ann, train=True)
+    train = coco_detection(images, ann, train=True, crop_policy=0)
     model = tiny_detector()
     imgs, targets = collate_detection([train[i] for i in range(4)])
 
@@ -183,3 +183,22 @@ def test_step_schedule_with_warmup_matches_mmdet():
                      warmup_ratio=1e-3)
     assert [lr_at(i, cfg) for i in (0, 25, 50, 269, 270, 330, 359)] == pytest.approx(
         [1e-7, 1e-4 * (1 - 0.5 * 0.999), 1e-4, 1e-4, 1e-5, 1e-6, 1e-6])
+
+
+def test_crop_policy_crops_image_boxes_and_masks_together(coco):
+    import random
+
+    random.seed(0)  # the policy draws from Python's RNG (seeded per sample in training)
+    images, ann = coco
+    train = coco_detection(images, ann, train=True, crop_policy=1.0)
+    for image, target in train:
+        h, w = image.shape[-2:]
+        assert 384 <= h <= 600 and 384 <= w <= 600  # short side 400-600, then a 384-600 crop
+        boxes, masks = target["boxes"], target["masks"]
+        assert len(boxes) == len(masks) == len(target["labels"])
+        assert masks.shape[-2:] == (h, w) and tuple(boxes.canvas_size) == (h, w)
+        for box, mask in zip(boxes.tolist(), masks, strict=True):
+            ys, xs = torch.nonzero(mask, as_tuple=True)
+            assert len(ys) > 0  # instances cut away entirely were dropped
+            # the mask lies inside its (clipped) box
+            assert box[0] - 1 <= xs.min() and xs.max() <= box[2] and box[1] - 1 <= ys.min() and ys.max() <= box[3]

@@ -42,22 +42,56 @@ class _DropCrowd:
         return image, target
 
 
-def detection_transform(train: bool) -> v2.Compose:
-    """Flip (training) and conversion to float in [0, 1]. Multi-scale resizing is the detector's own
-    transform (`create_detector(min_size=(480, ..., 800))` draws a short side per batch)."""
+class RandomCropPolicy(v2.Transform):
+    """The crop policy of the official 3x config's AutoAugment (chosen with probability `p`, as one of its two
+    policies): resize the short side to one of `short_sides` (long side <= 1333), then crop a random
+    `crop_range[0]`..`crop_range[1]` pixel high and wide window (mmdet `RandomCrop` "absolute_range",
+    negative crops allowed). Boxes are clipped and masks cropped with the image; `SanitizeBoundingBoxes`
+    then drops the instances left without area. The detector's own transform resizes afterwards."""
+
+    def __init__(self, p: float = 0.5, short_sides: tuple[int, ...] = (400, 500, 600),
+                 crop_range: tuple[int, int] = (384, 600), max_size: int = 1333) -> None:
+        super().__init__()
+        self.p, self.short_sides, self.crop_range, self.max_size = p, short_sides, crop_range, max_size
+
+    def make_params(self, flat_inputs: list[Any]) -> dict[str, Any]:
+        if random.random() >= self.p:
+            return {}
+        h, w = v2.query_size(flat_inputs)
+        scale = min(random.choice(self.short_sides) / min(h, w), self.max_size / max(h, w))
+        nh, nw = max(1, round(h * scale)), max(1, round(w * scale))
+        lo, hi = self.crop_range
+        ch, cw = random.randint(min(lo, nh), min(hi, nh)), random.randint(min(lo, nw), min(hi, nw))
+        return {"size": [nh, nw], "top": random.randint(0, nh - ch), "left": random.randint(0, nw - cw),
+                "height": ch, "width": cw}
+
+    def transform(self, inpt: Any, params: dict[str, Any]) -> Any:
+        if not params:
+            return inpt
+        return TF.crop(TF.resize(inpt, params["size"]), params["top"], params["left"], params["height"],
+                       params["width"])
+
+
+def detection_transform(train: bool, crop_policy: float = 0.5) -> v2.Compose:
+    """Training: the official crop policy with probability `crop_policy` (`RandomCropPolicy`), a horizontal
+    flip; both: conversion to float in [0, 1]. Multi-scale resizing is the detector's own transform
+    (`create_detector(min_size=(480, ..., 800))` draws a short side per batch)."""
     steps: list[Callable] = [_DropCrowd(), v2.ToImage()]
     if train:
+        if crop_policy > 0:
+            steps.append(RandomCropPolicy(crop_policy))
         steps.append(v2.RandomHorizontalFlip(0.5))
     steps += [v2.ToDtype(torch.float32, scale=True), v2.SanitizeBoundingBoxes()] if train else \
         [v2.ToDtype(torch.float32, scale=True)]
     return v2.Compose(steps)
 
 
-def coco_detection(images: str | Path, annotations: str | Path, train: bool) -> Dataset:
+def coco_detection(images: str | Path, annotations: str | Path, train: bool, crop_policy: float = 0.5) -> Dataset:
     """A COCO-format data set (an image folder and an instances json) with boxes, labels and masks.
 
     Labels are the json's category ids, so the detector needs `num_classes = max id + 1` (background 0).
-    For training, images with no non-crowd annotation are left out (as mmdet's `filter_empty_gt`).
+    For training, images with no non-crowd annotation are left out (as mmdet's `filter_empty_gt`), and
+    `crop_policy` is the probability of the official random-crop policy (`RandomCropPolicy`; 0 disables).
     The underlying `pycocotools.coco.COCO` is `coco_of(dataset)`.
     """
     images, annotations = Path(images), Path(annotations)
@@ -66,7 +100,7 @@ def coco_detection(images: str | Path, annotations: str | Path, train: bool) -> 
     if not annotations.is_file():
         raise FileNotFoundError(f"COCO annotation file {annotations} does not exist: pass an instances_*.json")
     with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints progress lines
-        base = CocoDetection(str(images), str(annotations), transforms=detection_transform(train))
+        base = CocoDetection(str(images), str(annotations), transforms=detection_transform(train, crop_policy))
     dataset = wrap_dataset_for_transforms_v2(base, target_keys=("boxes", "labels", "masks", "image_id", "iscrowd"))
     if not train:
         return dataset

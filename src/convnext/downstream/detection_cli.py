@@ -38,6 +38,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     d.add_argument("--min-size", type=int, nargs="+", default=list(MULTISCALE_MIN_SIZES),
                    help="training short sides, one drawn per batch; the last is used for evaluation")
     d.add_argument("--max-size", type=int, default=1333, help="longest side (default 1333)")
+    d.add_argument("--crop-policy", type=float, default=0.5,
+                   help="probability of the official random-crop policy (resize 400-600, crop 384-600; 0: off)")
     s = parser.add_argument_group("schedule")
     s.add_argument("--epochs", type=float, default=36, help="epochs (3x schedule: 36)")
     s.add_argument("--milestones", type=float, nargs="*", default=[27, 33], help="epochs where lr /= 10")
@@ -61,7 +63,8 @@ def _data(args: argparse.Namespace):
     if missing:
         raise ValueError(f"missing {', '.join(missing)} (or use --synthetic N for a demo on generated shapes)")
     val = coco_detection(args.val_images, args.val_ann, train=False)
-    train = None if args.eval_only else coco_detection(args.train_images, args.train_ann, train=True)
+    train = None if args.eval_only else coco_detection(args.train_images, args.train_ann, train=True,
+                                                         crop_policy=args.crop_policy)
     return train, val
 
 
