@@ -202,3 +202,47 @@ def test_crop_policy_crops_image_boxes_and_masks_together(coco):
             assert len(ys) > 0  # instances cut away entirely were dropped
             # the mask lies inside its (clipped) box
             assert box[0] - 1 <= xs.min() and xs.max() <= box[2] and box[1] - 1 <= ys.min() and ys.max() <= box[3]
+
+
+def test_cascade_matches_paper_size_trains_and_reloads(tmp_path, coco):
+    # Table 3: Cascade Mask R-CNN T/S/B 741/827/964 GFLOPs (GMACs), 86/108/146M params; same counting and
+    # tolerance as Mask R-CNN (every stage's box head on 1000 proposals, mask head on 100)
+    for size, (gmacs, params) in {"tiny": (741, 86), "small": (827, 108), "base": (964, 146)}.items():
+        r = detector_flops(f"cascade_maskrcnn_convnext_{size}", (800, 1280), num_classes=81)
+        assert r["gmacs"] == pytest.approx(gmacs, rel=0.01) and r["params"] == pytest.approx(params, rel=0.01)
+
+    images, ann = coco
+    train = coco_detection(images, ann, train=True, crop_policy=0)
+    model = create_detector("cascade_maskrcnn_convnext_atto", 4, backbone_kwargs=TINY_BACKBONE, **SMALL)
+    imgs, targets = collate_detection([train[i] for i in range(4)])
+
+    def loss():
+        torch.manual_seed(1)
+        with torch.no_grad():
+            losses = model(imgs, targets)
+        assert {f"loss_{k}_{s}" for k in ("classifier", "box_reg", "mask") for s in range(3)} <= set(losses)
+        return float(sum(losses.values()))
+
+    model.train()
+    before = loss()
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    for _ in range(6):
+        total = sum(model(imgs, targets).values())
+        opt.zero_grad()
+        total.backward()
+        opt.step()
+    assert loss() < 0.7 * before
+
+    torch.save(model.state_dict(), tmp_path / "c.pt")
+    again = create_detector(**model.config)
+    again.load_state_dict(torch.load(tmp_path / "c.pt", weights_only=True))
+    for m in (model, again):
+        m.roi_heads.score_thresh = 0.0
+        m.eval()
+    with torch.no_grad():
+        a, b = model(imgs[:2]), again(imgs[:2])
+    assert len(a[0]["boxes"]) > 0 and a[0]["masks"].shape[-2:] == imgs[0].shape[-2:]
+    assert 0 <= float(a[0]["masks"].min()) and float(a[0]["masks"].max()) <= 1
+    for x, y in zip(a, b, strict=True):
+        for k in ("boxes", "scores", "labels", "masks"):
+            assert torch.equal(x[k], y[k]), k

@@ -1,9 +1,5 @@
-"""Mask R-CNN with a ConvNeXt + FPN backbone, built from torchvision's detection models (paper Table 3).
-
-Why no Cascade Mask R-CNN: torchvision has no cascade RoI heads, and a faithful one (three box heads with
-IoU thresholds 0.5/0.6/0.7, per-stage resampling, score averaging) is a second RoI-head implementation
-rather than an adapter; see docs/downstream.md.
-"""
+"""Mask R-CNN and Cascade Mask R-CNN with a ConvNeXt + FPN backbone, built from torchvision's detection
+models (paper Table 3); the cascade RoI heads are in `cascade.py`."""
 
 from __future__ import annotations
 
@@ -12,19 +8,25 @@ from typing import Any
 import torch
 from torch import nn
 from torchvision.models.detection import MaskRCNN
-from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHead
+from torchvision.models.detection.faster_rcnn import FastRCNNConvFCHead, FastRCNNPredictor, TwoMLPHead
 from torchvision.models.detection.mask_rcnn import MaskRCNNHeads, MaskRCNNPredictor
 
 from ..flops import count_params
 from ..models import MODELS, ConvNeXt
 from .backbone import ConvNeXtFPN, backbone_for
+from .cascade import CascadeRoIHeads
 
 # The paper's Table 3 (reference/paper.md section 7): Mask R-CNN 3x, GMACs at 1280x800, params in millions.
+# Cascade: box AP from reference/paper.md; GMACs/params are Table 3's (T 741G/86M, S 827G/108M, B 964G/146M).
 PAPER_DETECTION: dict[str, dict[str, float]] = {
     "maskrcnn_convnext_tiny": {"gmacs": 262, "params": 48, "box_ap": 46.2, "mask_ap": 41.7},
+    "cascade_maskrcnn_convnext_tiny": {"gmacs": 741, "params": 86, "box_ap": 50.4},
+    "cascade_maskrcnn_convnext_small": {"gmacs": 827, "params": 108, "box_ap": 51.9},
+    "cascade_maskrcnn_convnext_base": {"gmacs": 964, "params": 146, "box_ap": 52.7},
 }
 
-DETECTORS: dict[str, str] = {f"maskrcnn_{n}": n for n, s in MODELS.items() if s.cls is ConvNeXt}
+DETECTORS: dict[str, str] = {f"{kind}_{n}": n for kind in ("maskrcnn", "cascade_maskrcnn")
+                             for n, s in MODELS.items() if s.cls is ConvNeXt}
 
 # mmdet's multi-scale training of the 3x schedule: short side drawn from 480..800 (step 32), long side <= 1333.
 MULTISCALE_MIN_SIZES = tuple(range(480, 801, 32))
@@ -72,8 +74,11 @@ def create_detector(
 ) -> ConvNeXtMaskRCNN:
     """Build a torchvision `MaskRCNN` (`ConvNeXtMaskRCNN`) whose backbone is ConvNeXt + FPN (P2-P6, 256 channels).
 
+    "cascade_maskrcnn_*" names replace its RoI heads by `CascadeRoIHeads`: three stages, each with a
+    4-conv (+ BN) 1-FC box head and its own mask head, as the official Cascade Mask R-CNN config.
+
     Args:
-        name: "maskrcnn_convnext_tiny" etc. (`list_detectors()`).
+        name: "maskrcnn_convnext_tiny", "cascade_maskrcnn_convnext_tiny" etc. (`list_detectors()`).
         num_classes: classes including background 0, as torchvision counts them (91 for COCO's category ids;
             81 for a contiguous 80-class mapping as in mmdet).
         pretrained_backbone: passed to `create_model(..., pretrained=)`: a classification checkpoint path in
@@ -92,13 +97,26 @@ def create_detector(
     """
     backbone_kwargs = dict(backbone_kwargs or {})
     body = backbone_for(name, DETECTORS, "detector", pretrained_backbone, drop_path_rate, backbone_kwargs)
-    # torchvision's default heads, with their widths exposed so tests can use small ones
-    box_head = TwoMLPHead(fpn_channels * 7 * 7, box_head_dim)
-    mask_head = MaskRCNNHeads(fpn_channels, (mask_head_dim,) * 4, 1)
+    cascade = name.startswith("cascade_")
+    stages = 3 if cascade else 1
+    # torchvision's default heads, with their widths exposed so tests can use small ones; the cascade's box
+    # heads are mmdet's Shared4Conv1FCBBoxHead (torchvision's FastRCNNConvFCHead with BatchNorm)
+    box_heads = [FastRCNNConvFCHead((fpn_channels, 7, 7), [fpn_channels] * 4, [box_head_dim], nn.BatchNorm2d)
+                 if cascade else TwoMLPHead(fpn_channels * 7 * 7, box_head_dim) for _ in range(stages)]
+    box_predictors = [FastRCNNPredictor(box_head_dim, num_classes) for _ in range(stages)]
+    mask_heads = [MaskRCNNHeads(fpn_channels, (mask_head_dim,) * 4, 1) for _ in range(stages)]
+    mask_predictors = [MaskRCNNPredictor(mask_head_dim, mask_head_dim, num_classes) for _ in range(stages)]
     model = ConvNeXtMaskRCNN(
         ConvNeXtFPN(body, fpn_channels), num_classes=None, min_size=min_size, max_size=max_size,
-        box_head=box_head, box_predictor=FastRCNNPredictor(box_head_dim, num_classes), mask_head=mask_head,
-        mask_predictor=MaskRCNNPredictor(mask_head_dim, mask_head_dim, num_classes), **maskrcnn_kwargs)
+        box_head=box_heads[0], box_predictor=box_predictors[0], mask_head=mask_heads[0],
+        mask_predictor=mask_predictors[0], **maskrcnn_kwargs)
+    if cascade:
+        rh = model.roi_heads
+        model.roi_heads = CascadeRoIHeads(
+            rh.box_roi_pool, box_heads, box_predictors, rh.mask_roi_pool, mask_heads, mask_predictors,
+            batch_size_per_image=rh.fg_bg_sampler.batch_size_per_image,
+            positive_fraction=rh.fg_bg_sampler.positive_fraction, score_thresh=rh.score_thresh,
+            nms_thresh=rh.nms_thresh, detections_per_img=rh.detections_per_img)
     model.config = {"name": name, "num_classes": num_classes, "drop_path_rate": drop_path_rate,
                     "min_size": min_size, "max_size": max_size, "fpn_channels": fpn_channels,
                     "box_head_dim": box_head_dim, "mask_head_dim": mask_head_dim,
@@ -117,7 +135,8 @@ def detector_macs(model: MaskRCNN, size: tuple[int, int] = (800, 1280), num_prop
     """Multiply-accumulates of a Mask R-CNN forward the way mmdet's `get_flops.py` counted the paper's 262G.
 
     mmdet's `forward_dummy` runs backbone + FPN + RPN head on the (H, W) image, the box head on 1000 random
-    proposals and the mask head on the first 100 of them; RoIAlign, NMS and post-processing are not counted.
+    proposals and the mask head on the first 100 of them (for a cascade: every stage's box and mask head);
+    RoIAlign, NMS and post-processing are not counted.
     We count the same modules with `torch.utils.flop_counter` (convolutions and matmuls only), feeding the
     heads pooled features of the right shape, so the count runs on the meta device.
     """
@@ -131,13 +150,15 @@ def detector_macs(model: MaskRCNN, size: tuple[int, int] = (800, 1280), num_prop
     with counter:
         feats = model.backbone(torch.zeros(1, 3, h, w, device=p.device, dtype=p.dtype))
         model.rpn.head(list(feats.values()))
-        c = model.backbone.out_channels
-        box = model.roi_heads.box_head(torch.zeros(num_proposals, c, *_pool_size(model.roi_heads.box_roi_pool),
-                                                   device=p.device, dtype=p.dtype))
-        model.roi_heads.box_predictor(box)
-        masks = model.roi_heads.mask_head(torch.zeros(num_masks, c, *_pool_size(model.roi_heads.mask_roi_pool),
-                                                      device=p.device, dtype=p.dtype))
-        model.roi_heads.mask_predictor(masks)
+        c, rh = model.backbone.out_channels, model.roi_heads
+        cascade = isinstance(rh, CascadeRoIHeads)
+        stages = zip(rh.box_heads, rh.box_predictors, rh.mask_heads, rh.mask_predictors, strict=True) if cascade \
+            else [(rh.box_head, rh.box_predictor, rh.mask_head, rh.mask_predictor)]
+        for box_head, box_predictor, mask_head, mask_predictor in stages:
+            box_predictor(box_head(torch.zeros(num_proposals, c, *_pool_size(rh.box_roi_pool), device=p.device,
+                                               dtype=p.dtype)))
+            mask_predictor(mask_head(torch.zeros(num_masks, c, *_pool_size(rh.mask_roi_pool), device=p.device,
+                                                 dtype=p.dtype)))
     model.train(was_training)
     return counter.get_total_flops() // 2
 
