@@ -1,4 +1,4 @@
-"""`convnext train-detection`: Mask R-CNN with a ConvNeXt backbone on COCO-format data (paper Table 3).
+"""`convnext train-detection`: (Cascade) Mask R-CNN with a ConvNeXt backbone on COCO-format data (paper Table 3).
 
     convnext train-detection --train-images coco/train2017 --train-ann coco/annotations/instances_train2017.json \\
         --val-images coco/val2017 --val-ann coco/annotations/instances_val2017.json --pretrained convnext_tiny.pth
