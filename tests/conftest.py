@@ -31,3 +31,13 @@ def run_cli():
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """One torch thread for a module's tests: the test machine's cores are shared with other jobs, and OpenMP
+    oversubscription made small-model training steps about 6x slower with two threads per process."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
