@@ -113,13 +113,18 @@ def _onnxruntime(name: str, size: tuple[int, int], threads: int, workdir: Path) 
     return lambda x: session.run(None, {input_name: x.contiguous().numpy()})[0]
 
 
+def _parse_spec(spec: str) -> tuple[str, str]:
+    source, sep, name = spec.partition(":")
+    if not sep or not name or source not in (*BUILDERS, "ort"):
+        raise ValueError(f"model {spec!r} must be SOURCE:NAME with SOURCE one of {', '.join((*BUILDERS, 'ort'))}, "
+                         "e.g. ours:convnext_tiny or timm:swin_tiny_patch4_window7_224")
+    return source, name
+
+
 def build_subject(spec: str, size: tuple[int, int], device: torch.device, threads: int, workdir: Path,
                   channels_last: bool = False, compile_model: bool = False) -> Subject:
     """Build the model `spec` ("SOURCE:NAME") on `device`, with GMACs and params counted on one image."""
-    source, sep, name = spec.partition(":")
-    if not sep or source not in (*BUILDERS, "ort"):
-        raise ValueError(f"model {spec!r} must be SOURCE:NAME with SOURCE one of {', '.join((*BUILDERS, 'ort'))}, "
-                         "e.g. ours:convnext_tiny or timm:swin_tiny_patch4_window7_224")
+    source, name = _parse_spec(spec)
     if source == "ort":
         if device.type != "cpu":
             raise ValueError("the ort backend runs on CPU only")
@@ -200,7 +205,8 @@ def peak_memory_mb(step: Callable[[], None], device: torch.device) -> float:
 
     with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
         step()
-    events = sorted((e.time_range.start, e.cpu_memory_usage) for e in prof.events() if e.name == "[memory]")
+    # allocations are charged to the op that made them (its self memory), frees are "[memory]" events
+    events = sorted((e.time_range.start, e.self_cpu_memory_usage) for e in prof.events() if e.self_cpu_memory_usage)
     return max(0, *itertools.accumulate(d for _, d in events)) / 2**20
 
 
@@ -313,7 +319,7 @@ def _cpu_name() -> str:
 def run(models: list[str], modes: list[str], precisions: list[str], batch_size: int = 32,
         img_size: tuple[int, int] = (224, 224), device: str = "cpu", threads: int | None = None, warmup: int = 1,
         reps: int = 3, channels_last: bool = False, compile_model: bool = False,
-        grad_mode: str = "inference_mode", paper_protocol: bool | None = None,
+        grad_mode: str = "inference_mode", paper_protocol: bool | None = None, peak_size: int = 4096,
         log: Callable[[str], None] = print) -> dict[str, Any]:
     """Benchmark `models` in every (mode, precision) and return {"env", "peaks", "results"} (JSON-ready).
 
@@ -336,9 +342,11 @@ def run(models: list[str], modes: list[str], precisions: list[str], batch_size: 
     for m in modes:
         if m not in MODES:
             raise ValueError(f"mode {m!r} is not one of {', '.join(MODES)}")
+    for m in models:
+        _parse_spec(m)
     peaks = {}
     for p in dict.fromkeys("bf16" if p == "bf16-weights" else p for p in precisions):
-        peaks[p] = matmul_peak_gflops(_DTYPES[p], dev)
+        peaks[p] = matmul_peak_gflops(_DTYPES[p], dev, peak_size)
         log(f"matmul peak {p}: {peaks[p]:.0f} GFLOP/s")
     env = environment(dev, threads)
     env.update(channels_last=channels_last, compile=compile_model, grad_mode=grad_mode, paper_protocol=paper_protocol,
@@ -443,6 +451,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-grad", action="store_true", help="infer under no_grad instead of inference_mode")
     parser.add_argument("--paper-protocol", action=argparse.BooleanOptionalAction, default=None,
                         help="Table 12 on GPU: TF32 + channels_last (default on CUDA)")
+    parser.add_argument("--peak-size", type=int, default=4096, help="side of the square matmul timed for the peak")
     parser.add_argument("--json", type=Path, default=None, help="write the results here")
     parser.add_argument("--plot", type=Path, default=None, help="write a bar chart PNG here")
 
@@ -452,7 +461,7 @@ def main(args: argparse.Namespace) -> int:
     try:
         report = run(args.models, args.mode, args.precision, args.batch_size, args.img_size, args.device,
                      args.threads, args.warmup, args.reps, args.channels_last, args.compile,
-                     "no_grad" if args.no_grad else "inference_mode", args.paper_protocol)
+                     "no_grad" if args.no_grad else "inference_mode", args.paper_protocol, args.peak_size)
     except (ValueError, RuntimeError) as e:
         print(f"convnext benchmark: error: {e}")
         return 2

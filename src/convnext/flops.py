@@ -152,17 +152,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def build_for_counting(spec: str, features: bool = False, in_chans: int = 3) -> nn.Module:
-    """Our model `spec` on the meta device (no memory, no compute), or a peer's SOURCE:NAME on CPU."""
-    if ":" in spec:
-        from .benchmark import BUILDERS
-
-        source, _, name = spec.partition(":")
-        if source not in BUILDERS:
-            raise ValueError(f"{spec!r}: SOURCE must be one of {', '.join(BUILDERS)}")
-        return BUILDERS[source](name)
-    from .models import create_model
-
+    """The model `spec` (our name, or a peer's SOURCE:NAME) built on the meta device: no memory, no compute."""
     with torch.device("meta"):
+        if ":" in spec:
+            from .benchmark import BUILDERS
+
+            source, _, name = spec.partition(":")
+            if source not in BUILDERS:
+                raise ValueError(f"{spec!r}: SOURCE must be one of {', '.join(BUILDERS)}")
+            return BUILDERS[source](name)
+        from .models import create_model
+
         return create_model(spec, features_only=features, in_chans=in_chans)
 
 

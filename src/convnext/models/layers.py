@@ -135,12 +135,16 @@ class Block(nn.Module):
         """
         params = (self.dwconv.weight, self.dwconv.bias, self.norm.weight, self.norm.bias, self.pwconv1.weight,
                   self.pwconv1.bias, self.pwconv2.weight, self.pwconv2.bias, self.gamma)
-        key = tuple((p.data_ptr(), p._version, p.dtype, p.device) for p in params if p is not None)
+        params = tuple(p for p in params if p is not None)
+        # Parameters made under inference_mode have no version counter: fold afresh each call, never cache.
+        key = None if any(p.is_inference() for p in params) else tuple(
+            (p.data_ptr(), p._version, p.dtype, p.device) for p in params)
         cached = self._inference_cache.get(dtype)
-        if cached is not None and cached[0] == key:
+        if key is not None and cached is not None and cached[0] == key:
             return cached[1]
         acc = torch.promote_types(self.pwconv1.weight.dtype, torch.float32)
-        ln_w, ln_b, w1, b1, w2, b2 = (p.to(acc) for p in params[2:8])
+        ln_w, ln_b, w1, b1, w2, b2 = (p.to(acc) for p in (self.norm.weight, self.norm.bias, self.pwconv1.weight,
+                                                          self.pwconv1.bias, self.pwconv2.weight, self.pwconv2.bias))
         # LN's affine a * z + c feeds pwconv1: W (a * z + c) + b == (W a) z + (W c + b), so LN runs without it.
         w1, b1 = w1 * ln_w, torch.addmv(b1, w1, ln_b)
         if self.gamma is not None:
@@ -148,7 +152,8 @@ class Block(nn.Module):
             gamma = self.gamma.to(acc)
             w2, b2 = gamma[:, None] * w2, gamma * b2
         weights = tuple(t.detach().to(dtype) for t in (self.dwconv.weight, self.dwconv.bias, w1, b1, w2, b2))
-        self._inference_cache[dtype] = (key, weights)
+        if key is not None:
+            self._inference_cache[dtype] = (key, weights)
         return weights
 
     def clear_cache(self) -> None:
