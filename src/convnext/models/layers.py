@@ -114,11 +114,12 @@ class Block(nn.Module):
         return not self.training or isinstance(self.drop_path, nn.Identity)
 
     def _forward_inference(self, x: torch.Tensor) -> torch.Tensor:
-        dtype = x.dtype
-        if x.device.type == "cpu" and torch.is_autocast_enabled("cpu"):
-            dtype = torch.get_autocast_dtype("cpu")
+        device, dtype = x.device.type, x.dtype
+        if device in ("cpu", "cuda") and torch.is_autocast_enabled(device):
+            # autocast's choice, made once here with cached weights instead of per op and per call
+            dtype = torch.get_autocast_dtype(device)
         dw_w, dw_b, w1, b1, w2, b2 = self._inference_weights(dtype)
-        with torch.autocast(x.device.type, enabled=False):
+        with torch.autocast(device, enabled=False):
             x = x.to(dtype)
             y = F.conv2d(x, dw_w, dw_b, padding=self.dwconv.padding, groups=self.dwconv.groups)
             y = F.layer_norm(y.permute(0, 2, 3, 1), self.norm.normalized_shape, None, None, self.norm.eps)
