@@ -81,7 +81,7 @@ def _env_lines(report: dict) -> str:
             f"{env.get('transformers')}, onnxruntime {env.get('onnxruntime')}, Python {env['python']}\n"
             f"- load average (1 min) at start / end: {env['load_avg_1m']:.1f} / {env['load_avg_1m_end']:.1f}; "
             f"batch {report['results'][0]['batch_size']}, {env['warmup']} warm-up + {env['reps']} timed runs, "
-            f"models interleaved per run, grad mode {env['grad_mode']}")
+            f"models interleaved per run, inference under {env['grad_mode']}")
 
 
 def main() -> int:

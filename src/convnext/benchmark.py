@@ -29,7 +29,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .flops import count_macs
+from .flops import count_macs, parse_size
 
 PRECISIONS = ("fp32", "bf16", "fp16", "bf16-weights")
 MODES = ("infer", "train")
@@ -296,7 +296,7 @@ def environment(device: torch.device, threads: int) -> dict[str, Any]:
     env: dict[str, Any] = {
         "device": device.type, "torch": torch.__version__, "python": platform.python_version(),
         "platform": platform.platform(), "threads": threads, "cpu": _cpu_name(), "cpu_count": os.cpu_count(),
-        "load_avg_1m": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
+        "load_avg_1m": env_load(),
         "mkldnn": torch.backends.mkldnn.is_available(),
     }
     for pkg in ("timm", "torchvision", "transformers", "onnxruntime"):
@@ -416,7 +416,7 @@ def plot(report: dict[str, Any], path: str | Path) -> Path:
     env = report["env"]
     fig.suptitle(f"{env['cpu'] if env['device'] == 'cpu' else env.get('gpu')}, {env['threads']} threads, "
                  f"torch {env['torch']}", fontsize=9)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0, 1, 1 - 0.35 / fig.get_figheight()))  # room for the suptitle
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=100)
@@ -427,18 +427,13 @@ def plot(report: dict[str, Any], path: str | Path) -> Path:
 # ---------------------------------------------------------------------------------------------- command
 
 
-def _size(text: str) -> tuple[int, int]:
-    h, _, w = text.lower().partition("x")
-    return int(h), int(w or h)
-
-
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Arguments of `convnext benchmark`."""
     parser.add_argument("models", nargs="*", default=list(DEFAULT_MODELS),
                         help="SOURCE:NAME, SOURCE in ours, timm, tv, hf, ort; ours:NAME@PATH picks a compute path "
                              f"(default: {' '.join(DEFAULT_MODELS)})")
     parser.add_argument("--batch-size", "-b", type=int, default=32)
-    parser.add_argument("--img-size", type=_size, default=(224, 224), help="N or HxW (default 224)")
+    parser.add_argument("--img-size", type=parse_size, default=(224, 224), help="N or HxW (default 224)")
     parser.add_argument("--mode", nargs="+", default=["infer"], choices=MODES)
     parser.add_argument("--precision", nargs="+", default=["fp32"], choices=PRECISIONS,
                         help="bf16/fp16: autocast; bf16-weights: model and input cast to bf16")

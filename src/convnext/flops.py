@@ -132,7 +132,8 @@ def format_breakdown(rows: list[dict[str, object]], sizes: Sequence[tuple[int, i
     return "\n".join(lines)
 
 
-def _size(text: str) -> tuple[int, int]:
+def parse_size(text: str) -> tuple[int, int]:
+    """'224' -> (224, 224); '1280x800' -> (1280, 800) (H x W), for the command lines."""
     h, _, w = text.lower().partition("x")
     try:
         return int(h), int(w or h)
@@ -144,7 +145,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Arguments of `convnext flops`."""
     parser.add_argument("models", nargs="+", help="model names (`convnext models`), or SOURCE:NAME as in "
                                                   "`convnext benchmark` (timm:, tv:, hf:)")
-    parser.add_argument("--size", nargs="+", type=_size, default=[(224, 224)],
+    parser.add_argument("--size", nargs="+", type=parse_size, default=[(224, 224)],
                         help="input sizes, N or HxW (e.g. 224 384 1280x800 2048x512); default 224")
     parser.add_argument("--features", action="store_true",
                         help="count the detection/segmentation backbone (no head; a LayerNorm per output stage)")
