@@ -34,7 +34,8 @@ def main() -> int:
 
     x = torch.randn(args.batch, 3, args.size, args.size)
     target = torch.randint(0, 1000, (args.batch,))
-    candidates = {f"ours@{p}": lambda p=p: create_model(args.model, compute_path=p) for p in ("linear", "conv", "fused")}
+    paths = ("linear", "conv", "fused")
+    candidates = {f"ours@{p}": lambda p=p: create_model(args.model, compute_path=p) for p in paths}
     candidates["timm"] = lambda: timm.create_model(args.model)
     for name, build in candidates.items():
         model = build().train(args.train)
