@@ -84,12 +84,23 @@ def _env_lines(report: dict) -> str:
             f"models interleaved per run, inference under {env['grad_mode']}")
 
 
+def _load_warning(*reports: dict) -> str:
+    loads = [r["env"][k] for r in reports for k in ("load_avg_1m", "load_avg_1m_end") if r["env"].get(k) is not None]
+    cores = reports[0]["env"]["cpu_count"] or 1
+    if not loads or max(loads) <= cores:
+        return ""
+    return (f"\n**Measured on a shared machine** (load average up to {max(loads):.1f} on {cores} cores): absolute "
+            "img/s are far below a quiet machine's and min-max spreads are wide; the ratios come from interleaved "
+            "runs, so load hit every model alike, but re-run on a quiet machine before quoting numbers.\n")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="tiny models and images: a smoke test of the script")
     parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--reps", type=int, default=3)
+    parser.add_argument("--render-only", action="store_true", help="rewrite RESULTS.md from results/*.json")
     args = parser.parse_args()
     results_dir = args.out / "results"
     results_dir.mkdir(parents=True, exist_ok=True)
@@ -102,15 +113,23 @@ def main() -> int:
     common = dict(batch_size=batch, img_size=size, threads=args.threads, reps=args.reps,
                   peak_size=1024 if args.quick else 4096)
 
-    infer = run(infer_models, ["infer"], ["fp32", "bf16", "bf16-weights"], **common)
-    train = run(train_models, ["train"], ["fp32", "bf16"], **common)
-    ort = None
-    if importlib.util.find_spec("convnext.export") is not None:
-        ort = run([infer_models[0], infer_models[0].replace("ours:", "ort:")], ["infer"], ["fp32"], **common)
-    for name, report in (("inference", infer), ("train", train), ("onnxruntime", ort)):
-        if report is not None:
-            (results_dir / f"{name}.json").write_text(json.dumps(report, indent=1))
-            plot(report, results_dir / f"{name}.png")
+    if args.render_only:  # re-render RESULTS.md from the JSON of the last run, measuring nothing
+        infer, train = (json.loads((results_dir / f"{n}.json").read_text()) for n in ("inference", "train"))
+        ort_file = results_dir / "onnxruntime.json"
+        ort = json.loads(ort_file.read_text()) if ort_file.exists() else None
+        minutes = infer["env"].get("script_minutes", "(not recorded)")
+    else:
+        infer = run(infer_models, ["infer"], ["fp32", "bf16", "bf16-weights"], **common)
+        train = run(train_models, ["train"], ["fp32", "bf16"], **common)
+        ort = None
+        if importlib.util.find_spec("convnext.export") is not None:
+            ort = run([infer_models[0], infer_models[0].replace("ours:", "ort:")], ["infer"], ["fp32"], **common)
+        minutes = f"{(time.time() - start) / 60:.1f} min"
+        infer["env"]["script_minutes"] = minutes
+        for name, report in (("inference", infer), ("train", train), ("onnxruntime", ort)):
+            if report is not None:
+                (results_dir / f"{name}.json").write_text(json.dumps(report, indent=1))
+                plot(report, results_dir / f"{name}.png")
 
     ours, timm_t, swin = infer_models[0], infer_models[3], "timm:swin_tiny_patch4_window7_224"
     tr_ours, tr_timm = train_models[0], train_models[1]
@@ -149,7 +168,8 @@ Regenerate everything here (tables, `results/*.json`, `results/*.png`) with `{co
 Every number below was measured by that command in one process; nothing is copied by hand.
 
 {_env_lines(infer)}
-- wall time of the whole script: {(time.time() - start) / 60:.1f} min
+- wall time of the whole script: {minutes}
+{_load_warning(infer, train)}
 
 ## Targets
 
