@@ -1,6 +1,11 @@
-"""FLOP and parameter counting with torch.utils.flop_counter (GMACs = FLOPs / 2, as the paper counts)."""
+"""FLOP and parameter counting with torch.utils.flop_counter (GMACs = FLOPs / 2, as the paper counts), in
+total and per stage, at any input size; and the `convnext flops` command."""
 
 from __future__ import annotations
+
+import argparse
+import contextlib
+from collections.abc import Iterator, Sequence
 
 import torch
 from torch import nn
@@ -12,18 +17,161 @@ def count_params(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-@torch.no_grad()
 def count_macs(model: nn.Module, size: int | tuple[int, int] = 224, in_chans: int = 3) -> int:
     """Multiply-accumulates of one forward pass on a single image of `size` (an int or (H, W)).
 
-    Counted on the "meta" device where the model allows it, so even XL at 384 costs no memory or time.
+    The input is made on the model's device, so a model built on the "meta" device (see `convnext flops`)
+    is counted without memory or compute, even XL at 2048x512.
     """
+    return _module_macs(model, size, in_chans)[""]
+
+
+@contextlib.contextmanager
+def _reference_path(model: nn.Module) -> Iterator[None]:
+    # Fused kernels (oneDNN Linear+GELU) have no flop formula: count the reference path, which does the same math.
+    path = getattr(model, "compute_path", None)
+    if path is None or not hasattr(model, "set_compute_path"):
+        yield
+        return
+    model.set_compute_path("linear")
+    try:
+        yield
+    finally:
+        model.set_compute_path(path)
+
+
+@torch.no_grad()
+def _module_macs(model: nn.Module, size: int | tuple[int, int], in_chans: int) -> dict[str, int]:
+    """MACs per module name ("" for the whole model, "stages.0", "stages.0.1.dwconv", ...)."""
     h, w = (size, size) if isinstance(size, int) else size
     x = torch.zeros(1, in_chans, h, w, device=next(model.parameters()).device)
     was_training = model.training
     model.eval()
     counter = FlopCounterMode(display=False)
-    with counter:
+    with _reference_path(model), counter:
         model(x)
     model.train(was_training)
-    return counter.get_total_flops() // 2
+    counts = {}
+    for name, ops in counter.get_flop_counts().items():
+        if name == "Global":
+            counts[""] = sum(ops.values()) // 2
+        elif "." in name:  # "ConvNeXt.stages.0" -> "stages.0"; the bare class name repeats Global
+            counts[name.split(".", 1)[1]] = sum(ops.values()) // 2
+    counts.setdefault("", 0)
+    return counts
+
+
+def _roots(model: nn.Module) -> list[str]:
+    """Disjoint submodules covering the model: its children, with ModuleLists opened one level."""
+    roots = []
+    for name, child in model.named_children():
+        if isinstance(child, nn.ModuleList):
+            roots += [f"{name}.{i}" for i in range(len(child))]
+        else:
+            roots.append(name)
+    return roots
+
+
+def _stage_of(model: nn.Module, root: str) -> str:
+    """The paper's grouping: stem; stage i = its downsampling layer + its blocks (+ a backbone's norm i); head."""
+    from .models import ConvNeXt, ConvNeXtIsotropic
+
+    parts = root.split(".")
+    if isinstance(model, ConvNeXt):
+        if parts[0] == "downsample_layers":
+            return "stem" if parts[1] == "0" else f"stage{parts[1]}"
+        if parts[0] == "stages":
+            return f"stage{parts[1]}"
+        if parts[0][:4] == "norm" and parts[0][4:].isdigit():
+            return f"stage{parts[0][4:]}"
+        return "head"
+    if isinstance(model, ConvNeXtIsotropic):
+        return {"stem": "stem", "blocks": "blocks"}.get(parts[0], "head")
+    return parts[0]
+
+
+def stage_breakdown(model: nn.Module, sizes: Sequence[int | tuple[int, int]] = (224,),
+                    in_chans: int = 3) -> list[dict[str, object]]:
+    """Params and MACs per stage: one row per stage in forward order plus a "total" row.
+
+    Each row is {"stage", "params", "macs": [MACs at each size]}; the stage rows sum to the total (work
+    done outside any submodule, if any, is a row "other").
+    """
+    per_size = [_module_macs(model, s, in_chans) for s in sizes]
+    roots = _roots(model)
+    stages: dict[str, dict[str, object]] = {}
+    for root in roots:
+        row = stages.setdefault(_stage_of(model, root), {"params": 0, "macs": [0] * len(sizes)})
+        row["params"] += count_params(model.get_submodule(root))
+        row["macs"] = [m + counts.get(root, 0) for m, counts in zip(row["macs"], per_size, strict=True)]
+    total_params = count_params(model)
+    other_params = total_params - sum(r["params"] for r in stages.values())
+    other_macs = [c[""] - sum(r["macs"][i] for r in stages.values()) for i, c in enumerate(per_size)]
+    if other_params or any(other_macs):
+        stages["other"] = {"params": other_params, "macs": other_macs}
+    rows = sorted(({"stage": k, **v} for k, v in stages.items()), key=_forward_order)
+    rows.append({"stage": "total", "params": total_params, "macs": [c[""] for c in per_size]})
+    return rows
+
+
+def _forward_order(row: dict[str, object]) -> int:
+    # ConvNeXt lists all downsampling layers before all stages; show the stages in the order data meets them.
+    name = str(row["stage"])
+    if name == "stem":
+        return -1
+    return int(name[5:]) if name[:5] == "stage" and name[5:].isdigit() else 100
+
+
+def format_breakdown(rows: list[dict[str, object]], sizes: Sequence[tuple[int, int]]) -> str:
+    """A Markdown table: stage, params (M) and GMACs at each size."""
+    head = "| stage | params (M) | " + " | ".join(f"GMACs {h}x{w}" for h, w in sizes) + " |"
+    lines = [head, "|---" * (2 + len(sizes)) + "|"]
+    for r in rows:
+        macs = " | ".join(f"{m / 1e9:.3f}" for m in r["macs"])
+        lines.append(f"| {r['stage']} | {r['params'] / 1e6:.3f} | {macs} |")
+    return "\n".join(lines)
+
+
+def parse_size(text: str) -> tuple[int, int]:
+    """'224' -> (224, 224); '1280x800' -> (1280, 800) (H x W), for the command lines."""
+    h, _, w = text.lower().partition("x")
+    try:
+        return int(h), int(w or h)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"size {text!r} must be N or HxW, e.g. 224 or 1280x800") from None
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Arguments of `convnext flops`."""
+    parser.add_argument("models", nargs="+", help="model names (`convnext models`), or SOURCE:NAME as in "
+                                                  "`convnext benchmark` (timm:, tv:, hf:)")
+    parser.add_argument("--size", nargs="+", type=parse_size, default=[(224, 224)],
+                        help="input sizes, N or HxW (e.g. 224 384 1280x800 2048x512); default 224")
+    parser.add_argument("--features", action="store_true",
+                        help="count the detection/segmentation backbone (no head; a LayerNorm per output stage)")
+    parser.add_argument("--in-chans", type=int, default=3)
+
+
+def build_for_counting(spec: str, features: bool = False, in_chans: int = 3) -> nn.Module:
+    """The model `spec` (our name, or a peer's SOURCE:NAME) built on the meta device: no memory, no compute."""
+    with torch.device("meta"):
+        if ":" in spec:
+            from .benchmark import BUILDERS
+
+            source, _, name = spec.partition(":")
+            if source not in BUILDERS:
+                raise ValueError(f"{spec!r}: SOURCE must be one of {', '.join(BUILDERS)}")
+            return BUILDERS[source](name)
+        from .models import create_model
+
+        return create_model(spec, features_only=features, in_chans=in_chans)
+
+
+def main(args: argparse.Namespace) -> int:
+    """Run `convnext flops`."""
+    for spec in args.models:
+        model = build_for_counting(spec, args.features, args.in_chans)
+        print(f"## {spec}{' (backbone)' if args.features else ''}\n")
+        print(format_breakdown(stage_breakdown(model, args.size, args.in_chans), args.size))
+        print()
+    return 0

@@ -27,13 +27,14 @@ class ConvNeXtBase(nn.Module):
                 self.head.bias.mul_(head_init_scale)
 
     def set_compute_path(self, path: str) -> None:
-        """Choose how the blocks run: "linear" (official), "conv" (1x1 convs, channels_last) or "auto".
+        """Choose how the blocks run: "linear" (official), "conv" (1x1 convs, channels_last), "fused"
+        (channels_last, fused inference kernels, see `Block`) or "auto".
 
         "auto" picks per input device at run time: see `resolve_compute_path`. Every path uses the same
         parameters, so the state dict never changes.
         """
         if path not in ("auto", *COMPUTE_PATHS):
-            raise ValueError(f"compute_path must be 'auto', 'linear' or 'conv', not {path!r}")
+            raise ValueError(f"compute_path must be one of 'auto', {', '.join(map(repr, COMPUTE_PATHS))}; not {path!r}")
         self.compute_path = path
 
     def _prepare(self, x: torch.Tensor) -> torch.Tensor:
@@ -43,7 +44,7 @@ class ConvNeXtBase(nn.Module):
                 if isinstance(m, Block):
                     m.compute_path = path
             self._active_path = path
-        return x.contiguous(memory_format=torch.channels_last) if path == "conv" else x
+        return x.contiguous(memory_format=torch.channels_last) if path in ("conv", "fused") else x
 
     def set_grad_checkpointing(self, enable: bool = True) -> None:
         """Recompute activations in the backward pass instead of storing them (per stage or block)."""
@@ -82,7 +83,7 @@ class ConvNeXt(ConvNeXtBase):
         head_init_scale: multiplies the classifier's initial weight and bias (0.001 when fine-tuning).
         patch_size: kernel and stride of the patchify stem (4 in the paper; smaller for tiny images).
         kernel_size: the depthwise convolution's kernel (7 in the paper).
-        compute_path: "auto", "linear" (the official reference) or "conv"; see `set_compute_path`.
+        compute_path: "auto", "linear" (the official reference), "conv" or "fused"; see `set_compute_path`.
     """
 
     def __init__(
@@ -192,11 +193,12 @@ class ConvNeXtFeatures(ConvNeXt):
 
 
 def resolve_compute_path(path: str, device: torch.device) -> str:
-    """The compute path that "auto" means on `device`: the 1x1-conv channels_last path on CPU and CUDA
-    (oneDNN and cuDNN both run it faster than the permute + Linear reference), the reference elsewhere."""
+    """The compute path that "auto" means on `device`: "fused" (channels_last, no permute copies, folded
+    inference weights, oneDNN fused kernels) on CPU, where it measured fastest (docs/speed.md), and on
+    CUDA, where its channels_last Linear layers avoid the reference's copies; the reference elsewhere."""
     if path != "auto":
         return path
-    return "conv" if device.type in ("cpu", "cuda") else "linear"
+    return "fused" if device.type in ("cpu", "cuda") else "linear"
 
 
 def _init_weights(m: nn.Module) -> None:

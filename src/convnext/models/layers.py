@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from timm.layers import DropPath
 from torch import nn
 
-COMPUTE_PATHS = ("linear", "conv")
+COMPUTE_PATHS = ("linear", "conv", "fused")
 
 
 class LayerNorm2d(nn.LayerNorm):
@@ -33,8 +33,11 @@ class Block(nn.Module):
     `gamma`), whatever `compute_path` runs them:
 
     - ``"linear"``: the official reference: permute to NHWC, LayerNorm and two Linear layers, permute back.
-    - ``"conv"``: the same weights used as 1x1 convolutions on a channels_last tensor, which lets oneDNN
-      run the pointwise layers without the layout changes around them.
+    - ``"conv"``: the same weights used as 1x1 convolutions on a channels_last tensor.
+    - ``"fused"``: the reference's Linear layers on the NHWC view of a channels_last tensor, which is
+      contiguous, so no permute copies anywhere. Without autograd it runs inference weights (gamma folded
+      into pwconv2, cast to the compute dtype, cached until a parameter changes) and, on CPU, oneDNN's fused
+      Linear+bias+GELU and Linear+bias+residual-add kernels.
     """
 
     def __init__(
@@ -57,8 +60,13 @@ class Block(nn.Module):
             self.gamma = None
         self.drop_path = DropPath(drop_path) if drop_path > 0.0 else nn.Identity()
         self.compute_path = "linear"
+        self._inference_cache: dict[torch.dtype, tuple[tuple, tuple[torch.Tensor, ...]]] = {}
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.compute_path == "fused":
+            if self._autograd_free():
+                return self._forward_inference(x)
+            return x + self.drop_path(self._residual_nhwc(x))
         if self.compute_path == "conv":
             return x + self.drop_path(self._residual_conv(x))
         return x + self.drop_path(self._residual_linear(x))
@@ -83,3 +91,93 @@ class Block(nn.Module):
             # gamma * (W x + b) == (gamma W) x + gamma b: fold the layer scale into the second pointwise conv.
             w2, b2 = self.gamma[:, None] * w2, self.gamma * b2
         return F.conv2d(x, w2[:, :, None, None], b2)
+
+    def _residual_nhwc(self, x: torch.Tensor) -> torch.Tensor:
+        # The reference's ops in its order; on channels_last storage every permute here is a free view.
+        if x.device.type == "cpu" and torch.is_autocast_enabled("cpu"):
+            # Training under autocast: oneDNN's bf16 depthwise conv forward+backward took 1.4x the time of the
+            # whole fp32 one here (docs/speed.md), and the depthwise conv is under 5% of the FLOPs: keep it fp32.
+            with torch.autocast("cpu", enabled=False):
+                x = self.dwconv(x.float()).permute(0, 2, 3, 1)
+        else:
+            x = self.dwconv(x).permute(0, 2, 3, 1)
+        x = self.pwconv2(self.act(self.pwconv1(self.norm(x))))
+        if self.gamma is not None:
+            x = self.gamma * x
+        return x.permute(0, 3, 1, 2)
+
+    def _autograd_free(self) -> bool:
+        """True when no gradient can flow through the block and no drop path is drawn: the inference kernels
+        (folded, cached weights; fused ops with no backward) are then exact stand-ins for the reference."""
+        if torch.is_grad_enabled() and any(p.requires_grad for p in self.parameters()):
+            return False
+        return not self.training or isinstance(self.drop_path, nn.Identity)
+
+    def _forward_inference(self, x: torch.Tensor) -> torch.Tensor:
+        device, dtype = x.device.type, x.dtype
+        if device in ("cpu", "cuda") and torch.is_autocast_enabled(device):
+            # autocast's choice, made once here with cached weights instead of per op and per call
+            dtype = torch.get_autocast_dtype(device)
+        dw_w, dw_b, w1, b1, w2, b2 = self._inference_weights(dtype)
+        with torch.autocast(device, enabled=False):
+            x = x.to(dtype)
+            y = F.conv2d(x, dw_w, dw_b, padding=self.dwconv.padding, groups=self.dwconv.groups)
+            y = F.layer_norm(y.permute(0, 2, 3, 1), self.norm.normalized_shape, None, None, self.norm.eps)
+            n, h, w, c = y.shape
+            shortcut = x.permute(0, 2, 3, 1)
+            if _onednn_fusion(y):
+                y = torch.ops.mkldnn._linear_pointwise(y.reshape(-1, c), w1, b1, "gelu", [], "none")
+                y = torch.ops.mkldnn._linear_pointwise.binary(y, shortcut.reshape(-1, c), w2, b2, "add")
+            else:
+                y = F.linear(self.act(F.linear(y, w1, b1)), w2, b2).add_(shortcut)
+        return y.view(n, h, w, c).permute(0, 3, 1, 2)
+
+    @torch.no_grad()
+    def _inference_weights(self, dtype: torch.dtype) -> tuple[torch.Tensor, ...]:
+        """dwconv and pointwise weights in `dtype`, LN's affine folded into pwconv1 and gamma into pwconv2.
+
+        Rebuilt only when a parameter was replaced or changed in place since (optimizer steps, load_state_dict
+        and `.to()` all bump the version counter or the storage; writes through `.data` do not: call
+        `clear_cache()` then). Folding runs in at least fp32, so bf16 weights are rounded once, not twice.
+        """
+        params = (self.dwconv.weight, self.dwconv.bias, self.norm.weight, self.norm.bias, self.pwconv1.weight,
+                  self.pwconv1.bias, self.pwconv2.weight, self.pwconv2.bias, self.gamma)
+        params = tuple(p for p in params if p is not None)
+        # Parameters made under inference_mode have no version counter: fold afresh each call, never cache.
+        key = None if any(p.is_inference() for p in params) else tuple(
+            (p.data_ptr(), p._version, p.dtype, p.device) for p in params)
+        cached = self._inference_cache.get(dtype)
+        if key is not None and cached is not None and cached[0] == key:
+            return cached[1]
+        acc = torch.promote_types(self.pwconv1.weight.dtype, torch.float32)
+        ln_w, ln_b, w1, b1, w2, b2 = (p.to(acc) for p in (self.norm.weight, self.norm.bias, self.pwconv1.weight,
+                                                          self.pwconv1.bias, self.pwconv2.weight, self.pwconv2.bias))
+        # LN's affine a * z + c feeds pwconv1: W (a * z + c) + b == (W a) z + (W c + b), so LN runs without it.
+        w1, b1 = w1 * ln_w, torch.addmv(b1, w1, ln_b)
+        if self.gamma is not None:
+            # gamma * (W x + b) == (gamma W) x + gamma b: the layer scale costs nothing at inference.
+            gamma = self.gamma.to(acc)
+            w2, b2 = gamma[:, None] * w2, gamma * b2
+        weights = tuple(t.detach().to(dtype) for t in (self.dwconv.weight, self.dwconv.bias, w1, b1, w2, b2))
+        if key is not None:
+            self._inference_cache[dtype] = (key, weights)
+        return weights
+
+    def clear_cache(self) -> None:
+        """Forget the cached inference weights (needed only after writing parameters through `.data`)."""
+        self._inference_cache.clear()
+
+
+def _onednn_fusion(x: torch.Tensor) -> bool:
+    """Whether oneDNN's fused Linear kernels serve this tensor: CPU, fp32 or bf16, a oneDNN build."""
+    return (x.device.type == "cpu" and x.dtype in (torch.float32, torch.bfloat16) and _HAS_ONEDNN_LINEAR)
+
+
+def _has_onednn_linear() -> bool:
+    try:
+        return torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
+    except (AttributeError, RuntimeError):
+        return False
+
+
+_HAS_ONEDNN_LINEAR = _has_onednn_linear()

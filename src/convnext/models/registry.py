@@ -94,7 +94,7 @@ def create_model(
         head_init_scale: scale of the initial classifier weights.
         features_only: return the detection/segmentation backbone (hierarchical models only), whose
             forward gives the `out_indices` stage outputs, each through its own LayerNorm.
-        compute_path: "auto", "linear" or "conv" (see `ConvNeXt.set_compute_path`).
+        compute_path: "auto", "linear", "conv" or "fused" (see `ConvNeXt.set_compute_path`).
         **kwargs: further constructor arguments (e.g. `patch_size`, `kernel_size`, `depths`, `dims`).
     """
     if name not in MODELS:

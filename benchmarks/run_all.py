@@ -1,0 +1,223 @@
+"""Regenerate benchmarks/RESULTS.md, its JSON and its bar charts in one command (`make bench`, ~10 min quiet).
+
+Measures, in one process with the same protocol (batch 32 at 224, 2 threads, 1 warm-up + 3 timed runs per
+model, models interleaved within each run, medians reported):
+
+- inference: ours (each compute path) vs timm, torchvision and HF ConvNeXt-T, Swin-T and ResNet-50, in fp32,
+  bf16 autocast and bf16 weights;
+- a training step (forward, backward, AdamW): ours vs timm and torchvision ConvNeXt-T and Swin-T, fp32 and bf16;
+- ONNX Runtime on our exported model, when `convnext.export` is present;
+- GMACs per stage of ConvNeXt-T at classification and downstream sizes;
+- how far each compute path's logits are from the reference path's.
+
+Usage: python benchmarks/run_all.py [--quick] [--out benchmarks]
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+
+from convnext import create_model  # noqa: E402
+from convnext.benchmark import format_table, plot, run  # noqa: E402
+from convnext.flops import build_for_counting, format_breakdown, stage_breakdown  # noqa: E402
+
+PAPER_A100 = {"ConvNeXt-T": 1943.5, "Swin-T": 1325.6}  # Table 12, img/s, A100 TF32 channels_last
+INFER_MODELS = ["ours:convnext_tiny", "ours:convnext_tiny@linear", "ours:convnext_tiny@conv", "timm:convnext_tiny",
+                "tv:convnext_tiny", "hf:convnext_tiny", "timm:swin_tiny_patch4_window7_224", "tv:resnet50"]
+TRAIN_MODELS = ["ours:convnext_tiny", "timm:convnext_tiny", "tv:convnext_tiny", "timm:swin_tiny_patch4_window7_224"]
+SIZES = [(224, 224), (384, 384), (1280, 800), (2048, 512)]
+
+
+def _find(report: dict, model: str, mode: str, precision: str) -> float | None:
+    for r in report["results"]:
+        if (r["model"], r["mode"], r["precision"]) == (model, mode, precision):
+            return r["img_per_s"]
+    return None
+
+
+def _ratio(a: float | None, b: float | None) -> str:
+    return f"{a / b:.2f}x" if a and b else "-"
+
+
+def path_agreement(size: int) -> str:
+    """Max |logit difference| of each compute path vs the reference, on ConvNeXt-T with trained-like gamma."""
+    torch.manual_seed(0)
+    ref = create_model("convnext_tiny", compute_path="linear").eval()
+    with torch.no_grad():
+        for name, p in ref.named_parameters():
+            if name.endswith("gamma"):
+                p.uniform_(0.5, 1.5)  # 1e-6 (the init) would hide any folding error
+    x = torch.randn(4, 3, size, size)
+    rows = ["| path | precision | max abs diff vs reference fp32 | logit spread (std) | same top-1 |",
+            "|---|---|---|---|---|"]
+    with torch.inference_mode():
+        expected = ref(x)
+        for path in ("conv", "fused"):
+            ref.set_compute_path(path)
+            for precision in ("fp32", "bf16"):
+                with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
+                    got = ref(x).float()
+                same = bool((got.argmax(1) == expected.argmax(1)).all())
+                rows.append(f"| {path} | {precision}{' autocast' if precision == 'bf16' else ''} | "
+                            f"{(got - expected).abs().max().item():.2e} | {expected.std().item():.3f} | {same} |")
+    return "\n".join(rows)
+
+
+def _env_lines(report: dict) -> str:
+    env = report["env"]
+    peaks = ", ".join(f"{k} {v:.0f} GFLOP/s" for k, v in report["peaks_gflops"].items())
+    return (f"- CPU: {env['cpu']} ({env['cpu_count']} cores), {env['threads']} torch threads, oneDNN "
+            f"{'on' if env['mkldnn'] else 'off'}; matmul peak: {peaks}\n"
+            f"- torch {env['torch']}, timm {env.get('timm')}, torchvision {env.get('torchvision')}, transformers "
+            f"{env.get('transformers')}, onnxruntime {env.get('onnxruntime')}, Python {env['python']}\n"
+            f"- load average (1 min) at start / end: {env['load_avg_1m']:.1f} / {env['load_avg_1m_end']:.1f}; "
+            f"batch {report['results'][0]['batch_size']}, {env['warmup']} warm-up + {env['reps']} timed runs, "
+            f"models interleaved per run, inference under {env['grad_mode']}")
+
+
+def _load_warning(*reports: dict) -> str:
+    loads = [r["env"][k] for r in reports for k in ("load_avg_1m", "load_avg_1m_end") if r["env"].get(k) is not None]
+    cores = reports[0]["env"]["cpu_count"] or 1
+    if not loads or max(loads) <= cores:
+        return ""
+    return (f"\n**Measured on a shared machine** (load average up to {max(loads):.1f} on {cores} cores): absolute "
+            "img/s are far below a quiet machine's and min-max spreads are wide; the ratios come from interleaved "
+            "runs, so load hit every model alike, but re-run on a quiet machine before quoting numbers.\n")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="tiny models and images: a smoke test of the script")
+    parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--reps", type=int, default=3)
+    parser.add_argument("--render-only", action="store_true", help="rewrite RESULTS.md from results/*.json")
+    args = parser.parse_args()
+    results_dir = args.out / "results"
+    results_dir.mkdir(parents=True, exist_ok=True)
+    batch, size = (4, (64, 64)) if args.quick else (32, (224, 224))
+    infer_models = [m.replace("convnext_tiny", "convnext_atto") for m in INFER_MODELS[:4]] if args.quick \
+        else INFER_MODELS
+    train_models = [m.replace("convnext_tiny", "convnext_atto") for m in TRAIN_MODELS[:2]] if args.quick \
+        else TRAIN_MODELS
+    start = time.time()
+    common = dict(batch_size=batch, img_size=size, threads=args.threads, reps=args.reps,
+                  peak_size=1024 if args.quick else 4096)
+
+    if args.render_only:  # re-render RESULTS.md from the JSON of the last run, measuring nothing
+        infer, train = (json.loads((results_dir / f"{n}.json").read_text()) for n in ("inference", "train"))
+        ort_file = results_dir / "onnxruntime.json"
+        ort = json.loads(ort_file.read_text()) if ort_file.exists() else None
+        minutes = infer["env"].get("script_minutes", "(not recorded)")
+    else:
+        infer = run(infer_models, ["infer"], ["fp32", "bf16", "bf16-weights"], **common)
+        train = run(train_models, ["train"], ["fp32", "bf16"], **common)
+        ort = None
+        if importlib.util.find_spec("convnext.export") is not None:
+            ort = run([infer_models[0], infer_models[0].replace("ours:", "ort:")], ["infer"], ["fp32"], **common)
+        minutes = f"{(time.time() - start) / 60:.1f} min"
+        infer["env"]["script_minutes"] = minutes
+        for name, report in (("inference", infer), ("train", train), ("onnxruntime", ort)):
+            if report is not None:
+                (results_dir / f"{name}.json").write_text(json.dumps(report, indent=1))
+                plot(report, results_dir / f"{name}.png")
+
+    ours, timm_t, swin = infer_models[0], infer_models[3], "timm:swin_tiny_patch4_window7_224"
+    tr_ours, tr_timm = train_models[0], train_models[1]
+    claims = [
+        ("fp32 inference, ours / timm",
+         _ratio(_find(infer, ours, "infer", "fp32"), _find(infer, timm_t, "infer", "fp32")), ">= 1.6x"),
+        ("bf16 autocast inference, ours / timm (autocast)",
+         _ratio(_find(infer, ours, "infer", "bf16"), _find(infer, timm_t, "infer", "bf16")), ">= 1.3x"),
+        ("bf16 weights inference, ours / timm (autocast)",
+         _ratio(_find(infer, ours, "infer", "bf16-weights"), _find(infer, timm_t, "infer", "bf16")), ">= 1.3x"),
+        ("best bf16 inference, ours / timm fp32", _ratio(
+            max(filter(None, [_find(infer, ours, "infer", p) for p in ("bf16", "bf16-weights")]), default=None),
+            _find(infer, timm_t, "infer", "fp32")), ">= 4x"),
+        ("training step fp32, ours / timm", _ratio(_find(train, tr_ours, "train", "fp32"),
+                                                   _find(train, tr_timm, "train", "fp32")), ">= 1.3x"),
+        ("training step bf16, ours / timm", _ratio(_find(train, tr_ours, "train", "bf16"),
+                                                   _find(train, tr_timm, "train", "bf16")), ">= 1.3x"),
+    ]
+    claim_rows = "\n".join(f"| {c} | {v} | {t} |" for c, v, t in claims)
+    swin_rows = []
+    for precision in ("fp32", "bf16", "bf16-weights"):
+        t, s = _find(infer, ours, "infer", precision), _find(infer, swin, "infer", precision)
+        if t and s:
+            swin_rows.append(f"| this CPU, {precision} | {t:.1f} | {s:.1f} | {t / s:.2f}x |")
+    swin_rows.append(f"| paper Table 12 (A100, TF32) | {PAPER_A100['ConvNeXt-T']} | {PAPER_A100['Swin-T']} | "
+                     f"{PAPER_A100['ConvNeXt-T'] / PAPER_A100['Swin-T']:.2f}x |")
+    flops_model = "convnext_atto" if args.quick else "convnext_tiny"
+    flops = format_breakdown(stage_breakdown(build_for_counting(flops_model), SIZES), SIZES)
+    ort_section = (format_table(ort) if ort else
+                   "Not measured: `convnext.export` is not in this checkout (the `ort:` backend imports "
+                   "`convnext.export.export_onnx`).")
+    command = "python benchmarks/run_all.py" + (" --quick" if args.quick else "")
+    md = f"""# Speed results
+
+Regenerate everything here (tables, `results/*.json`, `results/*.png`) with `{command}` (or `make bench`).
+Every number below was measured by that command in one process; nothing is copied by hand.
+
+{_env_lines(infer)}
+- wall time of the whole script: {minutes}
+{_load_warning(infer, train)}
+
+## Targets
+
+| claim | measured | target |
+|---|---|---|
+{claim_rows}
+
+## ConvNeXt-T vs Swin-T (paper Table 12 reports +47% on an A100)
+
+| setting | ConvNeXt-T (ours) img/s | Swin-T (timm) img/s | ratio |
+|---|---|---|---|
+{chr(10).join(swin_rows)}
+
+## Inference, batch {batch} at {size[0]}x{size[1]}
+
+"vs first" is relative to the first row of each group (ours with the automatic path). `@linear` is the
+official reference computation, `@conv` 1x1 convolutions, plain `ours` the "fused" path (docs/speed.md).
+Memory is the peak tensor memory one step adds. `% matmul peak` is achieved FLOP/s over a square matmul's
+in that dtype.
+
+{format_table(infer)}
+
+![inference](results/inference.png)
+
+## Training step (forward, backward, AdamW), batch {batch} at {size[0]}x{size[1]}
+
+{_env_lines(train)}
+
+{format_table(train)}
+
+![train](results/train.png)
+
+## ONNX Runtime
+
+{ort_section}
+
+## GMACs and params per stage, {flops_model} (`convnext flops {flops_model} --size 224 384 1280x800 2048x512`)
+
+{flops}
+
+## Compute paths against the reference (ConvNeXt-T, random weights, gamma in [0.5, 1.5])
+
+{path_agreement(size[0])}
+"""
+    (args.out / "RESULTS.md").write_text(md)
+    print(md)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,160 @@
+"""Every compute path computes what the official "linear" path computes: logits, features and gradients."""
+
+import copy
+
+import pytest
+import torch
+from PIL import Image
+
+from convnext import create_model
+from convnext.data.transforms import eval_transform
+from convnext.models import Block
+
+FAST_PATHS = ("conv", "fused")
+# bf16 keeps 8 bits of mantissa: logits of these small random-weight models move by at most this, relative
+# to their spread (measured about 0.01-0.02; the bound leaves room for other CPUs' kernels).
+BF16_TOLERANCE = 0.06
+
+SMALL = {
+    "hierarchical": dict(name="convnext_atto", depths=(1, 1, 2, 1), dims=(16, 32, 48, 64), num_classes=10),
+    "isotropic": dict(name="convnext_iso_small", depth=2, dim=32, patch_size=8, num_classes=10,
+                      layer_scale_init_value=1e-6),
+    "isotropic_no_gamma": dict(name="convnext_iso_small", depth=2, dim=32, patch_size=8, num_classes=10),
+    "backbone": dict(name="convnext_atto", depths=(1, 1, 2, 1), dims=(16, 32, 48, 64), features_only=True),
+}
+
+
+def _perturb(model: torch.nn.Module) -> torch.nn.Module:
+    """Give gamma, the LayerNorms and the biases values far from their init, so folding them is really tested
+    (gamma = 1e-6 and LN = identity would make any folding look right)."""
+    g = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith("gamma") or (".norm" in name and name.endswith("weight")):
+                p.copy_(torch.rand(p.shape, generator=g) + 0.5)
+            elif name.endswith("bias"):
+                p.copy_(torch.randn(p.shape, generator=g) * 0.1)
+    return model
+
+
+def _pair(kind: str, path: str) -> tuple[torch.nn.Module, torch.nn.Module]:
+    kwargs = dict(SMALL[kind])
+    ref = _perturb(create_model(kwargs.pop("name"), compute_path="linear", **kwargs))
+    fast = copy.deepcopy(ref)
+    fast.set_compute_path(path)
+    return ref, fast
+
+
+def _outputs(y) -> list[torch.Tensor]:
+    return list(y) if isinstance(y, (list, tuple)) else [y]
+
+
+def _close(a, b, atol=1e-5) -> None:
+    for x, y in zip(_outputs(a), _outputs(b), strict=True):
+        assert x.shape == y.shape
+        torch.testing.assert_close(x, y, rtol=1e-5, atol=atol)
+
+
+@pytest.mark.parametrize("path", FAST_PATHS)
+@pytest.mark.parametrize("kind", list(SMALL))
+def test_eval_outputs_match_reference(kind, path):
+    ref, fast = _pair(kind, path)
+    ref.eval(), fast.eval()
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        expected = ref(x)
+        _close(fast(x), expected)
+    with torch.inference_mode():
+        _close(fast(x), expected)
+    # with autograd on, the fused path runs its differentiable branch: same numbers
+    _close(fast(x), expected)
+
+
+@pytest.mark.parametrize("path", FAST_PATHS)
+@pytest.mark.parametrize("kind", ["hierarchical", "isotropic", "backbone"])
+def test_train_mode_gradients_match_reference(kind, path):
+    ref, fast = _pair(kind, path)
+    ref.train(), fast.train()
+    x = torch.randn(2, 3, 64, 64)
+    outs = []
+    for m in (ref, fast):
+        y = _outputs(m(x))
+        sum((t * torch.linspace(-1, 1, t.numel()).view_as(t)).sum() for t in y).backward()
+        outs.append(y)
+    _close(outs[1], outs[0])
+    grads = dict(ref.named_parameters())
+    for name, p in fast.named_parameters():
+        torch.testing.assert_close(p.grad, grads[name].grad, rtol=1e-4, atol=1e-5, msg=lambda m, n=name: f"{n}: {m}")
+
+
+def test_auto_picks_fused_on_cpu_and_keeps_the_state_dict():
+    model = create_model("convnext_atto", depths=(1, 1, 1, 1), dims=(8, 16, 24, 32))
+    keys = list(model.state_dict())
+    model.eval()(torch.randn(1, 3, 32, 32))
+    assert {b.compute_path for b in model.modules() if isinstance(b, Block)} == {"fused"}
+    assert list(model.state_dict()) == keys and not any("cache" in k for k in keys)
+
+
+def test_folded_weights_follow_parameter_changes():
+    ref, fast = _pair("hierarchical", "fused")
+    ref.eval(), fast.eval()
+    x = torch.randn(2, 3, 64, 64)
+    with torch.inference_mode():
+        fast(x)  # fills the cache of folded weights
+    # an optimizer step changes gamma, LN and both pointwise layers in place
+    for m in (ref, fast):
+        opt = torch.optim.SGD(m.parameters(), lr=0.5)
+        m(x).square().mean().backward()
+        opt.step()
+    with torch.no_grad():
+        _close(fast(x), ref(x))
+        # load_state_dict copies into the parameters; in-place edits bump the version counter too
+        new = _perturb(copy.deepcopy(ref))
+        with torch.no_grad():
+            for p in new.parameters():
+                p.mul_(1.5)
+        ref.load_state_dict(new.state_dict())
+        fast.load_state_dict(new.state_dict())
+        _close(fast(x), ref(x))
+        fast.stages[2][1].gamma.mul_(-1)
+        ref.stages[2][1].gamma.mul_(-1)
+        _close(fast(x), ref(x))
+
+
+def test_cache_is_reused_while_weights_stay():
+    _, fast = _pair("hierarchical", "fused")
+    block = fast.stages[0][0]
+    with torch.inference_mode():
+        fast.eval()(torch.randn(1, 3, 64, 64))
+        first = block._inference_weights(torch.float32)
+        fast(torch.randn(1, 3, 64, 64))
+        assert all(a is b for a, b in zip(block._inference_weights(torch.float32), first, strict=True))
+
+
+def _real_batch(size: int = 64) -> torch.Tensor:
+    skimage_data = pytest.importorskip("skimage.data")
+    tf = eval_transform(size)
+    names = ("astronaut", "coffee", "chelsea", "rocket", "immunohistochemistry", "hubble_deep_field")
+    return torch.stack([tf(Image.fromarray(getattr(skimage_data, n)())) for n in names])
+
+
+@pytest.mark.parametrize("kind", ["hierarchical", "isotropic"])
+def test_bf16_within_tolerance_and_same_top1(kind):
+    """Ours under bf16 autocast and with bf16 weights against the fp32 reference, on real images."""
+    ref, fast = _pair(kind, "fused")
+    ref.eval(), fast.eval()
+    x = _real_batch()
+    with torch.inference_mode():
+        expected = ref(x)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            autocast = fast(x).float()
+        weights = copy.deepcopy(fast).to(torch.bfloat16)(x.bfloat16()).float()
+    spread = expected.std()
+    top2 = expected.topk(2, dim=1).values
+    clear = (top2[:, 0] - top2[:, 1]) > 2 * BF16_TOLERANCE * spread  # a near-tie may flip legitimately
+    assert clear.sum() >= 3
+    for got in (autocast, weights):
+        err = (got - expected).abs().max() / spread
+        assert err < BF16_TOLERANCE, f"bf16 logits off by {err:.3f} of their spread"
+        assert err > 0  # bf16 really ran
+        assert torch.equal(got.argmax(1)[clear], expected.argmax(1)[clear])
