@@ -1,0 +1,93 @@
+"""The `convnext corrupt`, `convnext robustness` and `convnext export` commands end to end."""
+
+import gzip
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from convnext import create_model
+from convnext.robustness.corrupt import corrupt_image, image_seed
+
+FMNIST = "/usr/share/datasets/fashion-mnist"
+
+
+def _fmnist_test_images(n):
+    with gzip.open(f"{FMNIST}/t10k-images-idx3-ubyte.gz") as f:
+        x = np.frombuffer(f.read(), np.uint8, offset=16).reshape(-1, 28, 28)[:n]
+    with gzip.open(f"{FMNIST}/t10k-labels-idx1-ubyte.gz") as f:
+        y = np.frombuffer(f.read(), np.uint8, offset=8)[:n]
+    return x, y
+
+
+@pytest.fixture(scope="module")
+def fmnist_c(tmp_path_factory):
+    """Fashion-MNIST-C of the first 6 test images, 3 corruptions x 2 severities, written by the command."""
+    import subprocess
+    import sys
+
+    from conftest import cli_env
+
+    out = tmp_path_factory.mktemp("fmnist_c")
+    cmd = [sys.executable, "-m", "convnext", "corrupt", "--dataset", "fashion-mnist", "--limit", "6",
+           "--corruptions", "glass_blur", "fog", "contrast", "--severities", "1", "5", "--out", str(out)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=cli_env(), timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    return out
+
+
+def test_fashion_mnist_c_layout(fmnist_c):
+    x, y = _fmnist_test_images(6)
+    files = sorted(p.relative_to(fmnist_c).as_posix() for p in fmnist_c.rglob("*.png"))
+    assert len(files) == 6 * 3 * 2
+    assert {f.split("/")[0] for f in files} == {"glass_blur", "fog", "contrast"}
+    assert {f.split("/")[1] for f in files} == {"1", "5"}
+    for i in range(6):  # class folder = label digit, file = test-set index
+        img = Image.open(fmnist_c / "glass_blur" / "5" / str(y[i]) / f"{i:05d}.png")
+        assert img.mode == "L" and img.size == (28, 28)
+        want = corrupt_image(x[i], "glass_blur", 5, image_seed(0, i, "glass_blur", 5))
+        assert np.array_equal(np.asarray(img), want)
+    manifest = json.loads((fmnist_c / "corruptions.json").read_text())
+    assert manifest["images"] == 6 and "imagecorruptions-imaug" in manifest["library"]
+
+
+def test_robustness_command_against_itself_as_baseline(fmnist_c, tmp_path, run_cli):
+    # Needs create_model(pretrained=path) from convnext.checkpoints.
+    model = create_model("convnext_atto", num_classes=10, in_chans=1)
+    torch.save(model.state_dict(), tmp_path / "w.pth")
+    args = ["robustness", "--model", "convnext_atto", "--weights", tmp_path / "w.pth", "--suite", "corrupted",
+            "--data", fmnist_c, "--corruptions", "glass_blur", "fog", "contrast", "--severities", "1", "5",
+            "--num-classes", "10", "--in-chans", "1", "--size", "32", "--mean", "0.286", "--std", "0.353",
+            "--workers", "0"]
+    first = run_cli(*args, "--out", tmp_path / "a")
+    assert first.returncode == 0, first.stderr
+    report = json.loads((tmp_path / "a" / "robustness_corrupted.json").read_text())
+    assert "mce" not in report  # no baseline: only unnormalised figures
+    assert set(report["errors"]) == {"glass_blur", "fog", "contrast"}
+    assert all(0 <= e <= 1 for v in report["errors"].values() for e in v)
+    assert (tmp_path / "a" / "robustness_corrupted.png").stat().st_size > 10_000
+    second = run_cli(*args, "--out", tmp_path / "b", "--baseline", tmp_path / "a" / "robustness_corrupted.json")
+    assert second.returncode == 0, second.stderr
+    again = json.loads((tmp_path / "b" / "robustness_corrupted.json").read_text())
+    assert again["errors"] == report["errors"]  # deterministic evaluation
+    assert again["mce"] == pytest.approx(1.0)  # a model normalised by itself scores exactly 100
+
+
+def test_corrupt_refuses_output_inside_input(tmp_path, run_cli):
+    (tmp_path / "data" / "a").mkdir(parents=True)
+    proc = run_cli("corrupt", "--data", tmp_path / "data", "--out", tmp_path / "data" / "c")
+    assert proc.returncode != 0 and "inside" in proc.stderr
+
+
+def test_export_command(tmp_path, run_cli):
+    out = tmp_path / "m.onnx"
+    proc = run_cli("export", "--model", "convnext_atto", "--format", "onnx", "--size", "64", "--num-classes", "10",
+                   "--fold-layer-scale", "--out", out)
+    assert proc.returncode == 0, proc.stderr
+    assert "verified on 7 real images" in proc.stdout and "layer scale folded" in proc.stdout
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+    assert session.get_inputs()[0].shape[0] == "batch" and session.get_inputs()[0].shape[1:] == [3, 64, 64]
