@@ -35,7 +35,7 @@ HERE = Path(__file__).resolve().parent
 
 
 def small_resnet(widths: tuple[int, int, int] = (24, 48, 96), depths: tuple[int, int, int] = (2, 2, 2)) -> nn.Module:
-    """A 3-stage ResNet-14 (3 stem convs, 2+2+2 BasicBlocks, BatchNorm, ReLU) for 28x28 grayscale: timm's deep 3x3 stem at stride 2
+    """A 3-stage ResNet (2+2+2 BasicBlocks, BatchNorm, ReLU) for 28x28 grayscale: timm's deep 3x3 stem at stride 2
     without the max pool, so its stages run at 14, 7 and 4 pixels like the small ConvNeXt's 14, 7 and 3."""
     model = ResNet(BasicBlock, depths, num_classes=10, in_chans=1, channels=widths, stem_width=widths[0] // 2,
                    stem_type="deep")
@@ -68,7 +68,7 @@ def main() -> None:
                                         "run.progress=false", "run.tensorboard=false", "run.plots=false"])
     convnext = build_model(cfg, num_classes=10, in_chans=1)
     resnet = small_resnet(tuple(args.resnet_widths))
-    models = {"ConvNeXt (convnext_fmnist)": convnext, f"ResNet-14 {tuple(args.resnet_widths)}": resnet}
+    models = {"ConvNeXt (convnext_fmnist)": convnext, f"ResNet 2-2-2 {tuple(args.resnet_widths)}": resnet}
     results = {}
     for (name, model), run_name in zip(models.items(), ("convnext", "resnet"), strict=True):
         cfg.run.name = run_name

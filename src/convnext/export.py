@@ -61,6 +61,10 @@ def export_onnx(model: nn.Module, path: str | os.PathLike, input_size: int | Seq
 
     The graph input is "images" (N, C, H, W) and the output "logits" (N, classes).
     """
+    try:
+        import onnxscript  # noqa: F401  (torch's ONNX exporter needs it; say so before a long trace)
+    except ImportError as e:
+        raise ImportError("ONNX export needs onnxscript: pip install 'convnext[export]'") from e
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     example = _example(model, input_size)
@@ -91,6 +95,8 @@ def export_torchscript(model: nn.Module, path: str | os.PathLike, input_size: in
 def export_program(model: nn.Module, path: str | os.PathLike, input_size: int | Sequence[int] = 224) -> Path:
     """Write `model` as a torch.export ExportedProgram (.pt2) with a dynamic batch; returns the path."""
     path = Path(path)
+    if path.suffix != ".pt2":
+        raise ValueError(f"{path}: an ExportedProgram file must end in .pt2 (torch.export.load refuses others)")
     path.parent.mkdir(parents=True, exist_ok=True)
     example = _example(model, input_size)
     model = _ready(model, example)
