@@ -74,10 +74,10 @@ def test_export_matches_pytorch_on_real_images(fmt, photos, exported):
 
 
 def test_verification_catches_a_wrong_export(photos, exported):
-    path, _ = exported[1]["exported-program"]
+    path, _ = exported[1]["torchscript"]
     other = create_model("convnext_atto", num_classes=10).eval()  # different random weights
     with pytest.raises(ExportError, match="differ"):
-        verify_export(other, path, "exported-program", photos)
+        verify_export(other, path, "torchscript", photos)
 
 
 def test_fold_layer_scale_same_top1(photos):

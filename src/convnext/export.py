@@ -271,6 +271,9 @@ def main(args: argparse.Namespace) -> int:
     if len(args.size) > 2:
         raise SystemExit("convnext export: --size takes a height and an optional width")
     size = (args.size[0], args.size[-1])
+    out = Path(args.out or f"{args.model}_{size[0]}x{size[1]}{FORMATS[args.format]}")
+    if args.format == "exported-program" and out.suffix != ".pt2":
+        raise SystemExit(f"convnext export: {out}: an ExportedProgram file must end in .pt2")
     model = create_model(args.model, pretrained=args.weights or False, num_classes=args.num_classes,
                          in_chans=args.in_chans).eval()
     images = sample_images(size, args.in_chans, args.images)
@@ -282,7 +285,6 @@ def main(args: argparse.Namespace) -> int:
                              f"images (logits differ by {diff:.3g}); not exporting it")
         print(f"layer scale folded: same top-1 on {len(images)} images, logits within {diff:.2g}")
         model = folded
-    out = Path(args.out or f"{args.model}_{size[0]}x{size[1]}{FORMATS[args.format]}")
     path, diff = export(model, out, args.format, size, images, args.atol)
     print(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB), dynamic batch; verified on {len(images)} real "
           f"images at batch 1 and {len(images)}: logits within {diff:.2g} of PyTorch's (atol {args.atol:g})")

@@ -33,17 +33,24 @@ def class_indices(classes: Sequence[str]) -> list[int]:
     return list(range(len(classes)))
 
 
+class _Loader:
+    """Open an image in a fixed mode (a class, not a closure, so that worker processes can unpickle it)."""
+
+    def __init__(self, mode: str) -> None:
+        self.mode = mode
+
+    def __call__(self, path: str) -> Image.Image:
+        with Image.open(path) as img:
+            return img.convert(self.mode)
+
+
 def image_folder(root: str | os.PathLike, transform: Callable, image_mode: str = "RGB") -> ImageFolder:
     """An ImageFolder whose targets are the classifier's indices (see `class_indices`)."""
     root = Path(root)
     if not root.is_dir():
         raise FileNotFoundError(f"{root} is not a folder; expected {root}/<class>/<image> files")
 
-    def load(path: str) -> Image.Image:
-        with Image.open(path) as img:
-            return img.convert(image_mode)
-
-    dataset = ImageFolder(str(root), transform=transform, loader=load)
+    dataset = ImageFolder(str(root), transform=transform, loader=_Loader(image_mode))
     mapping = class_indices(dataset.classes)
     dataset.target_transform = mapping.__getitem__
     return dataset
