@@ -1,0 +1,165 @@
+"""Top-1/top-5 evaluation: the function training uses and the `convnext eval` command.
+
+    convnext eval --weights runs/fashion_mnist/best.pt --data fashion_mnist
+    convnext eval --weights convnext_tiny_1k_224_ema.pth --model convnext_tiny --data /data/imagenet --split val
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from contextlib import nullcontext
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+def topk_correct(logits: torch.Tensor, targets: torch.Tensor, ks: tuple[int, ...] = (1, 5)) -> list[int]:
+    """How many of `targets` are among the top-k `logits`, for each k (k larger than the classes counts all)."""
+    maxk = min(max(ks), logits.shape[1])
+    pred = logits.topk(maxk, dim=1).indices
+    hit = pred.eq(targets[:, None])
+    return [int(hit[:, :min(k, maxk)].any(dim=1).sum()) for k in ks]
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, loader, device: torch.device | str = "cpu", amp_dtype: torch.dtype | None = None,
+             channels_last: bool = False) -> dict[str, float]:
+    """Top-1, top-5 (percent) and mean cross-entropy of `model` over `loader`, summed over all ranks.
+
+    `loader` yields `(images, targets)` or `(images, targets, bad_paths)`; under torchrun each rank should
+    see its own shard (no padding duplicates), and the counts are all-reduced so every rank gets the total.
+    """
+    from .train.distributed import all_reduce_sum
+
+    device = torch.device(device)
+    was_training = model.training
+    model.eval()
+    n = top1 = top5 = 0
+    loss = 0.0
+    autocast = torch.autocast(device.type, dtype=amp_dtype) if amp_dtype else nullcontext()
+    for batch in loader:
+        x, y = batch[0], batch[1]
+        if x is None:
+            continue
+        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+        if channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with autocast:
+            logits = model(x)
+        logits = logits.float()
+        c1, c5 = topk_correct(logits, y)
+        top1, top5, n = top1 + c1, top5 + c5, n + len(y)
+        loss += float(F.cross_entropy(logits, y, reduction="sum"))
+    n, top1, top5, loss = all_reduce_sum([n, top1, top5, loss], device)
+    model.train(was_training)
+    if n == 0:
+        raise ValueError("Evaluation saw no images")
+    return {"top1": 100.0 * top1 / n, "top5": 100.0 * top5 / n, "loss": loss / n, "n": int(n)}
+
+
+def load_for_eval(weights: str, model_name: str | None = None, num_classes: int | None = None,
+                  in_chans: int | None = None) -> tuple[nn.Module, dict[str, Any]]:
+    """A model with `weights`: a training checkpoint of ours (rebuilt from the config inside it) or any layout
+    `create_model(name, pretrained=path)` reads (then `model_name` is needed). Returns (model, config dict)."""
+    from .models.registry import create_model
+
+    path = Path(weights)
+    if not path.exists():
+        raise FileNotFoundError(f"Weights {path} not found")
+    if path.suffix == ".pt":
+        from .train.state import load_checkpoint
+
+        ck = load_checkpoint(path)
+        cfg = ck.get("config")
+        if not cfg:
+            raise ValueError(f"{path} has no config; pass --model NAME to read it as plain weights")
+        m, res = cfg["model"], cfg.get("resolved", {})
+        kwargs = dict(num_classes=m.get("num_classes") or res["num_classes"],
+                      in_chans=m.get("in_chans") or (1 if cfg["data"]["dataset"] == "fashion_mnist" else 3),
+                      compute_path=m.get("compute_path", "auto"), **m.get("kwargs", {}))
+        if m.get("layer_scale_init_value") is not None:
+            kwargs["layer_scale_init_value"] = m["layer_scale_init_value"]
+        model = create_model(model_name or m["name"], **kwargs)
+        model.load_state_dict(ck["model"])
+        return model, cfg
+    if not model_name:
+        raise ValueError(f"{path} is not a convnext training checkpoint: pass --model NAME (e.g. convnext_tiny)")
+    kw = {} if num_classes is None else {"num_classes": num_classes}
+    if in_chans:
+        kw["in_chans"] = in_chans
+    return create_model(model_name, pretrained=str(path), **kw), {}
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--weights", required=True, help="a training checkpoint (.pt) or weights in any layout")
+    parser.add_argument("--data", default=None,
+                        help="'fashion_mnist' or an ImageNet-layout folder (with class sub-folders in --split); "
+                             "default: the checkpoint's own data set")
+    parser.add_argument("--split", default="val", help="sub-folder of --data to evaluate (default: val)")
+    parser.add_argument("--model", default=None, help="model name, for weights that are not our checkpoints")
+    parser.add_argument("--ema", default=None,
+                        help="also evaluate these EMA weights (default: best_ema.pt beside a best.pt)")
+    parser.add_argument("--input-size", type=int, default=None, help="eval resolution (default: the checkpoint's "
+                        "or 224)")
+    parser.add_argument("--crop-pct", type=float, default=None,
+                        help="resize to size/crop_pct and center-crop (default: 0.875 below 384, squash at 384+)")
+    parser.add_argument("--batch-size", type=int, default=128)
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--limit", type=int, default=None, help="evaluate only the first N images")
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--json", action="store_true", help="print the result as JSON")
+
+
+def main(args: argparse.Namespace) -> int:
+    from .data.datasets import DataError, SeededDataset, build_datasets, collate_skipping
+    from .train.config import DataConfig, from_dict
+    from .train.engine import resolve_device
+
+    device = resolve_device(args.device)
+    try:
+        model, cfg = load_for_eval(args.weights, args.model)
+    except (FileNotFoundError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    data = from_dict(cfg).data if cfg else DataConfig()
+    if args.data:
+        if args.data == "fashion_mnist":
+            data = DataConfig(dataset="fashion_mnist", input_size=data.input_size if cfg else 28)
+        else:
+            data = DataConfig(dataset="imagefolder", root=args.data, input_size=data.input_size)
+    data.val_split = args.split
+    overrides = {"limit_val": args.limit, "num_workers": args.workers}
+    if args.input_size:
+        overrides["input_size"] = args.input_size
+    if args.crop_pct:
+        overrides["crop_pct"] = args.crop_pct
+    for key, value in overrides.items():
+        setattr(data, key, value)
+    try:
+        _, val, num_classes, _ = build_datasets(data, for_training=False)
+    except DataError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    loader = torch.utils.data.DataLoader(SeededDataset(val), batch_size=args.batch_size, num_workers=args.workers,
+                                         collate_fn=collate_skipping)
+    model.to(device)
+    results = {"weights": args.weights, **evaluate(model, loader, device)}
+    ema_path = args.ema or (str(Path(args.weights).with_name("best_ema.pt"))
+                            if Path(args.weights).name == "best.pt" else None)
+    if ema_path and Path(ema_path).exists():
+        ema_model, _ = load_for_eval(ema_path, args.model)
+        ema = evaluate(ema_model.to(device), loader, device)
+        results.update(ema_top1=ema["top1"], ema_top5=ema["top5"], ema_weights=ema_path)
+    if args.json:
+        print(json.dumps(results))
+    else:
+        print(f"{args.weights}: top-1 {results['top1']:.2f}%  top-5 {results['top5']:.2f}%  "
+              f"({results['n']} images)")
+        if "ema_top1" in results:
+            print(f"{ema_path} (EMA): top-1 {results['ema_top1']:.2f}%  top-5 {results['ema_top5']:.2f}%")
+    return 0

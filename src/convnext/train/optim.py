@@ -1,0 +1,70 @@
+"""AdamW parameter groups (no weight decay on biases and 1-D parameters; layer-wise lr decay), the
+per-iteration warmup + cosine schedule, and the EMA of weights."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from timm.utils import ModelEmaV3
+from torch import nn
+
+
+def param_groups(model: nn.Module, weight_decay: float, layer_decay: float | None = None) -> list[dict]:
+    """Parameter groups for AdamW, each with an `lr_scale` that the schedule multiplies the lr by.
+
+    Biases and 1-D parameters (norms, layer-scale `gamma`) get no weight decay, as in the paper. With
+    `layer_decay`, a parameter in layer group g (`model.layer_group(name)`, 0 = stem .. L + 1 = head, where
+    L = `model.num_layer_groups`) has its lr scaled by layer_decay ** (L + 1 - g): the head keeps the full lr.
+    """
+    groups: dict[tuple[int, bool], dict] = {}
+    num = getattr(model, "num_layer_groups", None)
+    if layer_decay is not None and num is None:
+        raise ValueError(f"layer_decay needs a model with layer_group()/num_layer_groups; "
+                         f"{type(model).__name__} has none")
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        decay = not (p.ndim <= 1 or name.endswith(".bias"))
+        g = model.layer_group(name) if layer_decay is not None else 0
+        key = (g, decay)
+        if key not in groups:
+            scale = layer_decay ** (num + 1 - g) if layer_decay is not None else 1.0
+            groups[key] = {"params": [], "names": [], "weight_decay": weight_decay if decay else 0.0,
+                           "lr_scale": scale, "layer_group": g}
+        groups[key]["params"].append(p)
+        groups[key]["names"].append(name)
+    return [groups[k] for k in sorted(groups)]
+
+
+def build_optimizer(model: nn.Module, lr: float, weight_decay: float, betas: tuple[float, float] = (0.9, 0.999),
+                    eps: float = 1e-8, layer_decay: float | None = None) -> torch.optim.AdamW:
+    """AdamW over `param_groups(model, ...)`; the groups keep their `names` for inspection."""
+    groups = param_groups(model, weight_decay, layer_decay)
+    for g in groups:
+        g["lr"] = lr * g["lr_scale"]
+    return torch.optim.AdamW(groups, lr=lr, betas=tuple(betas), eps=eps)
+
+
+def lr_at(step: int, total_steps: int, base_lr: float, warmup_steps: int = 0, min_lr: float = 0.0) -> float:
+    """The lr at optimizer step `step` (0-based): linear warmup from 0 over `warmup_steps`, then cosine
+    from `base_lr` down to `min_lr` at `total_steps`, per iteration as in the official code."""
+    if step < warmup_steps:
+        return base_lr * step / warmup_steps
+    decay_steps = max(1, total_steps - warmup_steps)
+    t = min(1.0, (step - warmup_steps) / decay_steps)
+    return min_lr + 0.5 * (base_lr - min_lr) * (1.0 + math.cos(math.pi * t))
+
+
+def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
+    """Give every parameter group `lr` times its `lr_scale`."""
+    for g in optimizer.param_groups:
+        g["lr"] = lr * g.get("lr_scale", 1.0)
+
+
+def build_ema(model: nn.Module, decay: float) -> ModelEmaV3:
+    """An exponential moving average of the model's weights (timm's ModelEmaV3), kept on the model's device.
+
+    `ema.module` is a full model in the official layout; update it with `ema.update(model, step)`.
+    """
+    return ModelEmaV3(model, decay=decay)

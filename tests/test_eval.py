@@ -1,0 +1,67 @@
+"""Evaluation: top-1/top-5 on known logits, and the train -> eval command-line path on a small subset."""
+
+import json
+
+import pytest
+import torch
+
+from convnext.evaluate import evaluate, topk_correct
+
+
+def test_topk_on_known_logits():
+    logits = torch.tensor([
+        [0.0, 9.0, 1.0, 2.0, 3.0, 4.0, 5.0],  # target 1: top-1 hit
+        [9.0, 0.0, 1.0, 2.0, 3.0, 4.0, 5.0],  # target 3: 5th largest -> top-5 hit only
+        [9.0, 8.0, 7.0, 6.0, 5.0, 4.0, 3.0],  # target 6: smallest -> miss
+        [1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0],  # target 2: 5th largest -> top-5 hit
+    ])
+    targets = torch.tensor([1, 3, 6, 2])
+    assert topk_correct(logits, targets) == [1, 3]
+    assert topk_correct(logits[:, :3], torch.tensor([1, 0, 2, 2]), ks=(1, 5)) == [3, 4]  # k > classes counts all
+
+
+def test_evaluate_sums_over_batches():
+    class Fixed(torch.nn.Module):
+        def forward(self, x):
+            return x
+
+    logits = torch.randn(37, 10)
+    targets = logits.argmax(1).clone()
+    targets[:7] = (targets[:7] + 1) % 10  # 7 wrong at top-1
+    batches = [(logits[i:i + 8], targets[i:i + 8]) for i in range(0, 37, 8)]
+    r = evaluate(Fixed(), batches)
+    assert r["n"] == 37 and r["top1"] == pytest.approx(100 * 30 / 37)
+    expected5 = 100 * topk_correct(logits, targets, (5,))[0] / 37
+    assert r["top5"] == pytest.approx(expected5)
+    assert r["loss"] == pytest.approx(torch.nn.functional.cross_entropy(logits, targets).item(), rel=1e-5)
+
+
+TINY = ["--set", "model.kwargs.dims=[8,16,32]", "--set", "model.kwargs.depths=[1,1,1]",
+        "--set", "data.limit_train=512", "--set", "data.limit_val=256", "--set", "optim.batch_size=64",
+        "--set", "optim.reference_batch=64", "--set", "optim.epochs=2", "--set", "run.progress=false",
+        "--set", "run.threads=1", "--set", "data.num_workers=0", "--set", "optim.lr=5e-3"]
+
+
+def test_train_then_eval_cli(run_cli, tmp_path):
+    r = run_cli("train", "--out", tmp_path, "--name", "tiny", *TINY)
+    assert r.returncode == 0, r.stderr
+    run = tmp_path / "tiny"
+    summary = json.loads((run / "summary.json").read_text())
+    assert "best top-1" in r.stdout and str(run) in r.stdout
+    for f in ("config.yaml", "metrics.jsonl", "best.pt", "best_ema.pt", "loss.png", "accuracy.png", "lr.png"):
+        assert (run / f).exists(), f
+    assert any((run / "tb").iterdir())
+    epochs = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [e["epoch"] for e in epochs if e["type"] == "epoch"] == [1, 2]
+    # the checkpoint loads safely, in the official layout
+    ck = torch.load(run / "best.pt", weights_only=True)
+    assert "stages.0.0.dwconv.weight" in ck["model"] and ck["config"]["model"]["name"] == "convnext_fmnist"
+    r = run_cli("eval", "--weights", run / "best.pt", "--limit", "256", "--json", "--workers", "0")
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout)
+    assert out["n"] == 256
+    assert out["top1"] == pytest.approx(summary["best_top1"], abs=1e-6)  # same images, same transform
+    assert out["ema_top1"] == pytest.approx(summary["best_ema_top1"], abs=1e-6)
+    assert out["top1"] > 30  # 2 short epochs learn something on 10 classes (chance: 10%)
+    r = run_cli("eval", "--weights", tmp_path / "missing.pt")
+    assert r.returncode == 2 and "not found" in r.stderr
