@@ -51,6 +51,7 @@ def main() -> None:
     p.add_argument("--workdir", default="/tmp/fashion_mnist_c")
     p.add_argument("--resnet-widths", type=int, nargs=3, default=(24, 48, 96))
     p.add_argument("--out", default=str(HERE / "fashion_mnist_c"))
+    p.add_argument("--max-steps", type=int, help="stop each training after N steps (a smoke test)")
     args = p.parse_args()
     work = Path(args.workdir)
     t0 = time.time()
@@ -64,14 +65,20 @@ def main() -> None:
     t_corrupt = time.time() - t0
 
     # 2. both models, one recipe
-    cfg = load_config("fashion_mnist", [f"optim.epochs={args.epochs}", f"run.out_dir={work / 'runs'}",
-                                        "run.progress=false", "run.tensorboard=false", "run.plots=false"])
+    overrides = [f"optim.epochs={args.epochs}", f"run.out_dir={work / 'runs'}", f"run.eval_every={args.epochs}",
+                 "run.progress=false", "run.tensorboard=false", "run.plots=false"]
+    if args.max_steps:
+        overrides.append(f"run.max_steps={args.max_steps}")
+    cfg = load_config("fashion_mnist", overrides)
+    torch.manual_seed(0)
     convnext = build_model(cfg, num_classes=10, in_chans=1)
+    torch.manual_seed(0)
     resnet = small_resnet(tuple(args.resnet_widths))
     models = {"ConvNeXt (convnext_fmnist)": convnext, f"ResNet 2-2-2 {tuple(args.resnet_widths)}": resnet}
     results = {}
+    stamp = time.strftime("%H%M%S")
     for (name, model), run_name in zip(models.items(), ("convnext", "resnet"), strict=True):
-        cfg.run.name = run_name
+        cfg.run.name = f"{run_name}_{stamp}"  # a fresh run folder: the engine refuses to overwrite one
         t = time.time()
         res = train(cfg, model=model)
         results[name] = {"train_s": time.time() - t, "recipe_best_top1": res.best_top1,
@@ -87,14 +94,14 @@ def main() -> None:
         results[name]["clean_error"] = top1_error(model, clean, workers=0, batch_size=500)
         results[name]["clean_error_subset"] = top1_error(
             model, torch.utils.data.Subset(clean, range(args.limit)), workers=0, batch_size=500)
-        errors[name] = evaluate_corruptions(model, data_c, transform, image_mode="L", workers=1, batch_size=500)
+        errors[name] = evaluate_corruptions(model, data_c, transform, image_mode="L", workers=0, batch_size=500)
     base_name = list(models)[1]
     for name in models:
         s = summarize(errors[name], results[name]["clean_error_subset"], errors[base_name],
                       results[base_name]["clean_error_subset"])
-        results[name].update(mce=s["mce"], relative_mce=s["relative_mce"], unnormalized_mce=s["unnormalized_mce"],
-                             corruption_errors=s["corruption_mean_errors"], severity_errors=s["severity_errors"],
-                             ce=s["ce"])
+        results[name].update(mce=s["mce"], relative_mce=s.get("relative_mce", float("nan")),
+                             unnormalized_mce=s["unnormalized_mce"], corruption_errors=s["corruption_mean_errors"],
+                             severity_errors=s["severity_errors"], ce=s["ce"])
 
     rows = ["| model | params (M) | MMACs (28x28) | train (s) | clean top-1 (10k) | corrupted top-1 (mean) "
             "| mCE (ResNet = 100) | relative mCE | unnormalised mCE |", "|---|---|---|---|---|---|---|---|---|"]

@@ -34,6 +34,10 @@ def test_relative_mce_by_hand():
     summary = metrics.summarize(ERRORS, 0.05, BASELINE, 0.3)
     assert summary["mce"] == pytest.approx(0.45) and summary["relative_mce"] == pytest.approx(0.7916666)
     assert "mce" not in metrics.summarize(ERRORS, baseline=None)
+    # a baseline no worse under a corruption than clean: relative mCE is reported as undefined, mCE still given
+    odd = metrics.summarize(ERRORS, 0.05, {"gaussian_noise": 0.6, "fog": 0.3}, 0.3)
+    assert "relative_mce" not in odd and "fog" in odd["relative_mce_undefined"]
+    assert odd["mce"] == pytest.approx((0.5 + 1.0 / 1.5) / 2)
 
 
 def test_alexnet_normalises_itself_to_100():

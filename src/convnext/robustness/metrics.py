@@ -113,6 +113,11 @@ def summarize(
         out["ce"] = corruption_errors(errors, baseline)
         out["mce"] = mce(errors, baseline)
         if clean_error is not None and baseline_clean_error is not None:
-            out["relative_ce"] = relative_corruption_errors(errors, clean_error, baseline, baseline_clean_error)
-            out["relative_mce"] = relative_mce(errors, clean_error, baseline, baseline_clean_error)
+            try:
+                rce = relative_corruption_errors(errors, clean_error, baseline, baseline_clean_error)
+            except ValueError as e:  # a corruption the baseline is not hurt by: report why instead of a number
+                out["relative_mce_undefined"] = str(e)
+            else:
+                out["relative_ce"] = rce
+                out["relative_mce"] = sum(rce.values()) / len(rce)
     return out
