@@ -54,25 +54,29 @@ def test_fashion_mnist_c_layout(fmnist_c):
 
 
 def test_robustness_command_against_itself_as_baseline(fmnist_c, tmp_path, run_cli):
-    # Needs create_model(pretrained=path) from convnext.checkpoints.
-    model = create_model("convnext_atto", num_classes=10, in_chans=1)
+    # Loads --weights through create_model(pretrained=path): needs convnext.checkpoints (the weights branch).
+    from convnext.data.transforms import eval_transform
+    from convnext.robustness import evaluate_corruptions, summarize
+
+    corruptions, severities = ["glass_blur", "fog", "contrast"], [1, 5]
+    model = create_model("convnext_atto", num_classes=10, in_chans=1).eval()
     torch.save(model.state_dict(), tmp_path / "w.pth")
-    args = ["robustness", "--model", "convnext_atto", "--weights", tmp_path / "w.pth", "--suite", "corrupted",
-            "--data", fmnist_c, "--corruptions", "glass_blur", "fog", "contrast", "--severities", "1", "5",
-            "--num-classes", "10", "--in-chans", "1", "--size", "32", "--mean", "0.286", "--std", "0.353",
-            "--workers", "0"]
-    first = run_cli(*args, "--out", tmp_path / "a")
-    assert first.returncode == 0, first.stderr
-    report = json.loads((tmp_path / "a" / "robustness_corrupted.json").read_text())
-    assert "mce" not in report  # no baseline: only unnormalised figures
-    assert set(report["errors"]) == {"glass_blur", "fog", "contrast"}
-    assert all(0 <= e <= 1 for v in report["errors"].values() for e in v)
-    assert (tmp_path / "a" / "robustness_corrupted.png").stat().st_size > 10_000
-    second = run_cli(*args, "--out", tmp_path / "b", "--baseline", tmp_path / "a" / "robustness_corrupted.json")
-    assert second.returncode == 0, second.stderr
-    again = json.loads((tmp_path / "b" / "robustness_corrupted.json").read_text())
-    assert again["errors"] == report["errors"]  # deterministic evaluation
-    assert again["mce"] == pytest.approx(1.0)  # a model normalised by itself scores exactly 100
+    # The same model evaluated in-process is the baseline: the command must reproduce its errors and so
+    # score mCE = relative mCE = 100 exactly.
+    transform = eval_transform(32, crop_pct=1.0, mean=(0.286,), std=(0.353,))
+    errors = evaluate_corruptions(model, fmnist_c, transform, corruptions, severities, image_mode="L", workers=0)
+    assert len({e for v in errors.values() for e in v}) > 1  # not a constant-error model
+    (tmp_path / "base.json").write_text(json.dumps(summarize(errors, baseline=None)))
+    proc = run_cli("robustness", "--model", "convnext_atto", "--weights", tmp_path / "w.pth", "--suite", "corrupted",
+                   "--data", fmnist_c, "--corruptions", *corruptions, "--severities", *map(str, severities),
+                   "--num-classes", "10", "--in-chans", "1", "--size", "32", "--mean", "0.286", "--std", "0.353",
+                   "--workers", "0", "--baseline", tmp_path / "base.json", "--out", tmp_path / "out")
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads((tmp_path / "out" / "robustness_corrupted.json").read_text())
+    assert report["errors"] == errors
+    assert report["mce"] == pytest.approx(1.0)
+    assert set(report["ce"]) == set(corruptions) and "mce" in proc.stdout
+    assert (tmp_path / "out" / "robustness_corrupted.png").stat().st_size > 10_000
 
 
 def test_corrupt_refuses_output_inside_input(tmp_path, run_cli):
