@@ -63,6 +63,7 @@ def test_export_matches_pytorch_on_real_images(fmt, photos, exported):
     model, files = exported
     path, diff = files[fmt]
     assert path.exists() and path.suffix == FORMATS[fmt] and diff <= 1e-4
+    assert model.compute_path == "auto" and not model.training  # exporting traced a portable path, then restored
     run = load_exported(path, fmt)
     with torch.no_grad():
         for batch in (photos[:3], photos[2:7]):  # dynamic batch: sizes other than the export's example (2)

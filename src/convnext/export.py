@@ -12,7 +12,8 @@ import argparse
 import copy
 import os
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -46,13 +47,30 @@ def _example(model: nn.Module, input_size: int | Sequence[int], batch: int = 2) 
     return torch.randn(batch, _in_chans(model), *_size(input_size), dtype=p.dtype, device=p.device)
 
 
-def _ready(model: nn.Module, example: torch.Tensor) -> nn.Module:
-    """Eval mode, and one eager call so that the compute path chosen at run time is settled before tracing
-    (the ConvNeXt forward records it on first use; exporters must not see that attribute change)."""
+@contextmanager
+def _exportable(model: nn.Module, example: torch.Tensor) -> Iterator[nn.Module]:
+    """The model in eval mode on a compute path made of standard ops, settled by one eager call.
+
+    "auto" may pick a CPU path that calls oneDNN-specific fused kernels, which no exporter can represent, so
+    the trace runs the 1x1-conv path (the reference "linear" path where that is absent) and the model's
+    own path is restored afterwards. The eager call lets the forward record its path before tracing:
+    exporters must not see that attribute change.
+    """
+    from .models.layers import COMPUTE_PATHS
+
+    old = getattr(model, "compute_path", None)
+    if old is not None:
+        model.set_compute_path("conv" if "conv" in COMPUTE_PATHS else "linear")
+    was_training = model.training
     model.eval()
-    with torch.no_grad():
-        model(example)
-    return model
+    try:
+        with torch.no_grad():
+            model(example)
+        yield model
+    finally:
+        if old is not None:
+            model.set_compute_path(old)
+        model.train(was_training)
 
 
 def export_onnx(model: nn.Module, path: str | os.PathLike, input_size: int | Sequence[int] = 224,
@@ -68,12 +86,12 @@ def export_onnx(model: nn.Module, path: str | os.PathLike, input_size: int | Seq
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     example = _example(model, input_size)
-    model = _ready(model, example)
     batch = torch.export.Dim("batch", min=1, max=65536)
     n_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
-    torch.onnx.export(model, (example,), str(path), dynamo=True, input_names=[INPUT_NAME],
-                      output_names=[OUTPUT_NAME], dynamic_shapes=({0: batch},), opset_version=opset,
-                      external_data=n_bytes > 1.8e9, verbose=False)
+    with _exportable(model, example):
+        torch.onnx.export(model, (example,), str(path), dynamo=True, input_names=[INPUT_NAME],
+                          output_names=[OUTPUT_NAME], dynamic_shapes=({0: batch},), opset_version=opset,
+                          external_data=n_bytes > 1.8e9, verbose=False)
     return path
 
 
@@ -82,10 +100,9 @@ def export_torchscript(model: nn.Module, path: str | os.PathLike, input_size: in
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     example = _example(model, input_size)
-    model = _ready(model, example)
     # TorchScript is deprecated upstream but still what many C++ and mobile runtimes load; say so once, in the
     # docs, rather than on every call.
-    with torch.no_grad(), warnings.catch_warnings():
+    with _exportable(model, example), torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)
         traced = torch.jit.trace(model, example, check_trace=False)
         torch.jit.save(traced, str(path))
@@ -99,9 +116,9 @@ def export_program(model: nn.Module, path: str | os.PathLike, input_size: int | 
         raise ValueError(f"{path}: an ExportedProgram file must end in .pt2 (torch.export.load refuses others)")
     path.parent.mkdir(parents=True, exist_ok=True)
     example = _example(model, input_size)
-    model = _ready(model, example)
     batch = torch.export.Dim("batch", min=1, max=65536)
-    program = torch.export.export(model, (example,), dynamic_shapes=({0: batch},))
+    with _exportable(model, example):
+        program = torch.export.export(model, (example,), dynamic_shapes=({0: batch},))
     torch.export.save(program, str(path))
     return path
 
