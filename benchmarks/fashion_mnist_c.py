@@ -52,6 +52,8 @@ def main() -> None:
     p.add_argument("--resnet-widths", type=int, nargs=3, default=(24, 48, 96))
     p.add_argument("--out", default=str(HERE / "fashion_mnist_c"))
     p.add_argument("--max-steps", type=int, help="stop each training after N steps (a smoke test)")
+    p.add_argument("--limit-train", type=int, help="train on the first N training images only")
+    p.add_argument("--eval-limit", type=int, help="score N evenly spaced images of each corrupted folder")
     args = p.parse_args()
     work = Path(args.workdir)
     t0 = time.time()
@@ -69,6 +71,8 @@ def main() -> None:
                  "run.progress=false", "run.tensorboard=false", "run.plots=false"]
     if args.max_steps:
         overrides.append(f"run.max_steps={args.max_steps}")
+    if args.limit_train:
+        overrides.append(f"data.limit_train={args.limit_train}")
     cfg = load_config("fashion_mnist", overrides)
     torch.manual_seed(0)
     convnext = build_model(cfg, num_classes=10, in_chans=1)
@@ -88,13 +92,19 @@ def main() -> None:
     transform = T.Compose([T.ToTensor(), T.Normalize(FASHION_MNIST_MEAN, FASHION_MNIST_STD)])
     x, y = fashion_mnist(train=False)
     clean = torch.utils.data.TensorDataset((x.float() / 255 - FASHION_MNIST_MEAN[0]) / FASHION_MNIST_STD[0], y)
+    # The clean versions of exactly the images scored corrupted: the folders list them by class folder then
+    # file name, and --eval-limit takes evenly spaced ones of that order (as top1_error does).
+    folder_order = sorted(range(args.limit), key=lambda i: (str(int(y[i])), i))
+    n_eval = args.eval_limit or args.limit
+    same_images = [folder_order[int(k * args.limit / n_eval)] for k in range(n_eval)]
     errors = {}
     for name, model in models.items():
         model = model.float().eval().to(memory_format=torch.contiguous_format)
         results[name]["clean_error"] = top1_error(model, clean, workers=0, batch_size=500)
-        results[name]["clean_error_subset"] = top1_error(
-            model, torch.utils.data.Subset(clean, range(args.limit)), workers=0, batch_size=500)
-        errors[name] = evaluate_corruptions(model, data_c, transform, image_mode="L", workers=0, batch_size=500)
+        results[name]["clean_error_subset"] = top1_error(model, torch.utils.data.Subset(clean, same_images),
+                                                         workers=0, batch_size=500)
+        errors[name] = evaluate_corruptions(model, data_c, transform, image_mode="L", workers=0, batch_size=500,
+                                            limit=args.eval_limit)
     base_name = list(models)[1]
     for name in models:
         s = summarize(errors[name], results[name]["clean_error_subset"], errors[base_name],
@@ -114,9 +124,10 @@ def main() -> None:
         per_c.append(f"| {c} | " + " | ".join(f"{100 * results[n]['corruption_errors'][c]:.1f}" for n in models)
                      + " |")
     env = (f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, torch "
-           f"{torch.__version__}; {args.epochs} epochs each (recipe fashion_mnist), Fashion-MNIST-C = first "
-           f"{args.limit} test images x 15 corruptions x 5 severities; corruption {t_corrupt:.0f} s, "
-           f"total {time.time() - t0:.0f} s")
+           f"{torch.__version__}; recipe fashion_mnist, {args.epochs} epochs each on "
+           f"{args.limit_train or 60000} training images; Fashion-MNIST-C = "
+           f"{args.eval_limit or args.limit} of the first {args.limit} test images x 15 corruptions x 5 "
+           f"severities; corruption {t_corrupt:.0f} s, total {time.time() - t0:.0f} s")
     table = "\n".join(rows) + "\n\nTop-1 error (%) per corruption, mean over severities:\n\n" + "\n".join(per_c)
     print(table + "\n\n" + env)
     Path(args.out + ".json").write_text(json.dumps({"env": env, "results": results, "errors": errors}, indent=2))
