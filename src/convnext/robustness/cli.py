@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
 import torch
@@ -103,6 +104,12 @@ def main(args: argparse.Namespace) -> int:
             if missing:
                 raise SystemExit(f"convnext robustness: the baseline {name} has no errors for {missing}")
             base_errors = {c: base_errors[c] for c in args.corruptions}
+        if name == "alexnet":
+            first = Path(args.data) / args.corruptions[0] / str(args.severities[0])
+            classes = [p.name for p in first.iterdir() if p.is_dir()] if first.is_dir() else []
+            if classes and not set(classes) <= set(imagenet_synsets()):
+                print(f"warning: {first} holds non-ImageNet classes ({classes[0]}, ...); AlexNet's errors only "
+                      "normalise ImageNet-C. Use --suite corrupted with --baseline REPORT.json.", file=sys.stderr)
         errors = evaluate_corruptions(model, args.data, transform, args.corruptions, args.severities, mode,
                                       **loader_kwargs)
         clean = None
