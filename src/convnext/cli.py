@@ -23,8 +23,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "robustness": ("convnext.robustness.cli", "ImageNet-C mCE and ImageNet-A/R/Sketch protocols"),
     "corrupt": ("convnext.robustness.corrupt", "write the 15 ImageNet-C corruptions x 5 severities of a data set"),
     "export": ("convnext.export", "export to ONNX, TorchScript or ExportedProgram, verified"),
-    "train-detection": ("convnext.downstream.detection_cli", "Mask R-CNN with a ConvNeXt backbone (COCO format)"),
-    "train-segmentation": ("convnext.downstream.segmentation_cli", "UperNet with a ConvNeXt backbone (ADE20K format)"),
+    "train-detection": ("convnext.downstream.detection_cli", "(Cascade) Mask R-CNN on ConvNeXt, COCO format"),
+    "train-segmentation": ("convnext.downstream.segmentation_cli", "UperNet on ConvNeXt, ADE20K format"),
 }
 
 

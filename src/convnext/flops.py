@@ -169,7 +169,16 @@ def build_for_counting(spec: str, features: bool = False, in_chans: int = 3) -> 
 
 def main(args: argparse.Namespace) -> int:
     """Run `convnext flops`."""
+    from .downstream import downstream_flops
+
     for spec in args.models:
+        # Detectors and segmenters are counted the way mmdet/mmseg counted them for the paper (fixed proposal
+        # counts, decode head only), which a plain forward pass cannot express.
+        if (whole := downstream_flops(spec, args.size[0] if args.size != [(224, 224)] else None)) is not None:
+            print(f"## {spec}\n")
+            print("\n".join(f"{k:>14}: {v if v is not None else '-'}" for k, v in whole.items()))
+            print()
+            continue
         model = build_for_counting(spec, args.features, args.in_chans)
         print(f"## {spec}{' (backbone)' if args.features else ''}\n")
         print(format_breakdown(stage_breakdown(model, args.size, args.in_chans), args.size))
