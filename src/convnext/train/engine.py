@@ -251,6 +251,25 @@ def train(cfg: Config, model: nn.Module | None = None, train_set=None, val_set=N
     else:
         criterion = nn.CrossEntropyLoss(label_smoothing=cfg.data.label_smoothing)
 
+    def forward_backward(x: torch.Tensor, y: torch.Tensor, last_micro: bool, epoch: int, step: int) -> torch.Tensor:
+        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+        if cfg.run.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        if mixup_fn is not None:
+            x, y = mixup_fn(x, y)
+        # FSDP reduce-scatters every micro-batch (correct, slower); DDP skips the all-reduce until the last
+        sync = nullcontext() if (last_micro or not info.distributed or fsdp) else model.no_sync()
+        with sync:
+            with autocast():
+                loss = criterion(model(x), y)
+            if not _all_finite(loss, info):
+                raise NonFiniteLossError(
+                    f"Loss is {loss.item()} at global step {global_step} (epoch {epoch}, step {step} of "
+                    f"{steps_per_epoch}); stopped without saving the broken state. Last good checkpoint: "
+                    f"{ckpts.latest() or 'none yet'}. Try a lower optim.lr, optim.clip_grad, or run.amp=none.")
+            (scaler.scale(loss / accum) if scaler else loss / accum).backward()
+        return loss.detach()
+
     # ---- the loop ---------------------------------------------------------------------------------------
     bad_images = 0
     images_seen, train_time = 0, 0.0
@@ -281,28 +300,13 @@ def train(cfg: Config, model: nn.Module | None = None, train_set=None, val_set=N
             if micro % accum == 0:
                 set_lr(optimizer, lr_at(global_step, total_steps, lr, warmup_steps, cfg.optim.min_lr))
             last_micro = micro % accum == accum - 1
-            if x is None:  # every image of this micro-batch was unreadable
-                micro += 1
-                continue
-            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-            if cfg.run.channels_last:
-                x = x.contiguous(memory_format=torch.channels_last)
-            if mixup_fn is not None:
-                x, y = mixup_fn(x, y)
-            # FSDP reduce-scatters every micro-batch (correct, slower); DDP skips the all-reduce until the last
-            sync = nullcontext() if (last_micro or not info.distributed or fsdp) else model.no_sync()
-            with sync:
-                with autocast():
-                    loss = criterion(model(x), y)
-                if not _all_finite(loss, info):
-                    raise NonFiniteLossError(
-                        f"Loss is {loss.item()} at global step {global_step} (epoch {epoch}, step {step_in_epoch} "
-                        f"of {steps_per_epoch}); stopped without saving the broken state. Last good checkpoint: "
-                        f"{ckpts.latest() or 'none yet'}. Try a lower optim.lr, optim.clip_grad, or run.amp=none.")
-                (scaler.scale(loss / accum) if scaler else loss / accum).backward()
-            loss_sum += loss.item()
-            loss_n += 1
-            images_seen += len(x) * info.world_size
+            if x is not None and mixup_fn is not None and len(x) % 2:
+                x, y = x[:-1], y[:-1]  # timm's Mixup pairs images: a skipped unreadable one leaves an odd batch
+            if x is not None and len(x):  # None: every image of this micro-batch was unreadable
+                loss = forward_backward(x, y, last_micro, epoch, step_in_epoch)
+                loss_sum += loss.item()
+                loss_n += 1
+                images_seen += len(x) * info.world_size
             micro += 1
             if not last_micro:
                 continue
@@ -328,7 +332,7 @@ def train(cfg: Config, model: nn.Module | None = None, train_set=None, val_set=N
                 bar.update(1)
             if global_step % 50 == 0:
                 log.metric({"type": "step", "step": global_step, "epoch": epoch + (step_in_epoch + 1) / steps_per_epoch,
-                            "loss": loss.item(), "lr": cur_lr})
+                            "loss": loss_sum / max(loss_n, 1), "lr": cur_lr})
             at_end = global_step >= total_steps
             if ((cfg.run.ckpt_every_steps and global_step % cfg.run.ckpt_every_steps == 0)
                     or (at_end and step_in_epoch + 1 < steps_per_epoch)):
