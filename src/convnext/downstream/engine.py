@@ -25,8 +25,9 @@ from torch import nn
 
 from ..data.datasets import SeededDataset
 from ..train.distributed import DistInfo, ResumableSampler, cleanup, init_distributed
-from ..train.engine import NonFiniteLossError, _Logger, amp_dtype, resolve_device, seed_everything
+from ..train.engine import NonFiniteLossError, RunLogger, amp_dtype, resolve_device, seed_everything
 from ..train.optim import build_optimizer, set_lr
+from ..train.plots import line_plot
 from ..train.state import CheckpointManager, capture_rng, load_checkpoint, restore_rng
 
 
@@ -105,7 +106,7 @@ def train_downstream(task: Task, cfg: LoopConfig) -> dict[str, Any]:
     seed_everything(cfg.seed)
     run_dir = Path(cfg.run_dir)
     ckpts = CheckpointManager(run_dir, cfg.keep_last)
-    log = _Logger(run_dir, info.is_main, cfg.tensorboard)
+    log = RunLogger(run_dir, info.is_main, cfg.tensorboard)
 
     # ---- data: deterministic per-sample augmentation, resumable mid-epoch -------------------------------
     sampler = ResumableSampler(len(task.train_set), cfg.batch_size, cfg.seed, info.rank, info.world_size)
@@ -274,11 +275,6 @@ def load_trained(path: str | Path, build: Callable[..., nn.Module]) -> tuple[nn.
 
 def plot_downstream(metrics_path: Path, out_dir: Path, metric: str) -> dict[str, Path]:
     """loss.png (training losses against iterations) and metrics.png (`metric` and friends per evaluation)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     if not metrics_path.exists():
         return {}
     records = [json.loads(line) for line in metrics_path.read_text().splitlines() if line.strip()]
@@ -290,15 +286,8 @@ def plot_downstream(metrics_path: Path, out_dir: Path, metric: str) -> dict[str,
                                                  if k in next(iter(evals.values()), {})])):
         if not rows or not keys:
             continue
-        fig, ax = plt.subplots(figsize=(6, 4))
         xs = sorted(rows)
-        for k in dict.fromkeys(keys):
-            ax.plot(xs, [rows[x][k] for x in xs], marker="o" if name == "metrics" else None, ms=3, label=k)
-        ax.set_xlabel("iteration")
-        ax.grid(alpha=0.3)
-        ax.legend()
-        fig.tight_layout()
-        paths[name] = out_dir / f"{name}.png"
-        fig.savefig(paths[name], dpi=100)
-        plt.close(fig)
+        series = [(k, [rows[x][k] for x in xs]) for k in dict.fromkeys(keys)]
+        paths[name] = line_plot(out_dir / f"{name}.png", xs, series, "iteration",
+                                marker="o" if name == "metrics" else None)
     return paths

@@ -137,7 +137,7 @@ def train(cfg: Config, model: nn.Module | None = None, train_set=None, val_set=N
     seed_everything(cfg.run.seed)
     run_dir = Path(cfg.run.out_dir) / (cfg.run.name or cfg.recipe)
     ckpts = CheckpointManager(run_dir, cfg.run.keep_last)
-    log = _Logger(run_dir, info.is_main, cfg.run.tensorboard)
+    log = RunLogger(run_dir, info.is_main, cfg.run.tensorboard)
 
     # ---- data -------------------------------------------------------------------------------------------
     if train_set is None or val_set is None:
@@ -494,7 +494,7 @@ def _progress(enabled: bool, total: int, initial: int, epoch: int, epochs: int):
                 file=sys.stderr, leave=False)
 
 
-class _Logger:
+class RunLogger:
     """Rank-0 console messages, metrics.jsonl and TensorBoard."""
 
     def __init__(self, run_dir: Path, enabled: bool, tensorboard: bool) -> None:

@@ -8,11 +8,6 @@ from pathlib import Path
 
 def plot_metrics(metrics_path: str | Path, out_dir: str | Path) -> dict[str, Path]:
     """Write loss.png, accuracy.png and lr.png from the epoch records of `metrics_path`; returns their paths."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     metrics_path, out_dir = Path(metrics_path), Path(out_dir)
     if not metrics_path.exists():
         return {}
@@ -32,17 +27,28 @@ def plot_metrics(metrics_path: str | Path, out_dir: str | Path) -> dict[str, Pat
     }
     if "ema_top1" in rows[0]:
         panels["accuracy"].append(("EMA top-1", [r.get("ema_top1") for r in rows]))
-    paths = {}
-    for name, series in panels.items():
-        fig, ax = plt.subplots(figsize=(6, 4))
-        for label, ys in series:
-            ax.plot(x, ys, marker="o", ms=3, label=label)
-        ax.set_xlabel("epoch")
-        ax.set_ylabel({"accuracy": "accuracy (%)"}.get(name, name))
-        ax.grid(alpha=0.3)
-        ax.legend()
-        fig.tight_layout()
-        paths[name] = out_dir / f"{name}.png"
-        fig.savefig(paths[name], dpi=100)
-        plt.close(fig)
-    return paths
+    return {name: line_plot(out_dir / f"{name}.png", x, series, "epoch",
+                            {"accuracy": "accuracy (%)"}.get(name, name))
+            for name, series in panels.items()}
+
+
+def line_plot(path: Path, x: list, series: list[tuple[str, list]], xlabel: str, ylabel: str | None = None,
+              marker: str | None = "o") -> Path:
+    """One PNG with a line per (label, ys) series against `x`."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for label, ys in series:
+        ax.plot(x, ys, marker=marker, ms=3, label=label)
+    ax.set_xlabel(xlabel)
+    if ylabel:
+        ax.set_ylabel(ylabel)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
