@@ -62,3 +62,17 @@ def test_flops_cli_rejects_a_bad_size(capsys):
     with pytest.raises(SystemExit):
         main(["flops", "convnext_tiny", "--size", "big"])
     assert "1280x800" in capsys.readouterr().err
+
+
+def test_flops_cli_counts_downstream_models_at_the_papers_sizes(capsys):
+    from convnext.cli import main
+
+    assert main(["flops", "upernet_convnext_tiny"]) == 0
+    fields = {k.strip(): v.strip() for k, v in (line.split(":", 1) for line in capsys.readouterr().out.splitlines()
+                                                if ":" in line)}
+    assert fields["size"] == "512x2048"
+    assert float(fields["gmacs"]) == pytest.approx(939, rel=0.01)  # paper Table 4: 939G
+    assert main(["flops", "upernet_convnext_tiny", "--size", "512"]) == 0
+    fields = {k.strip(): v.strip() for k, v in (line.split(":", 1) for line in capsys.readouterr().out.splitlines()
+                                                if ":" in line)}
+    assert fields["paper_gmacs"] == "-" and float(fields["gmacs"]) < 939 / 3

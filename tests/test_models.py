@@ -170,7 +170,7 @@ def test_compute_path_validation_and_auto():
     model.eval()
     with torch.no_grad():
         model(torch.randn(1, 3, 32, 32))
-    assert {b.compute_path for s in model.stages for b in s} == {"conv"}  # auto on CPU
+    assert {b.compute_path for s in model.stages for b in s} == {"fused"}  # auto on CPU
 
 
 def test_layer_groups_follow_the_official_scheme_and_generalise():

@@ -174,6 +174,7 @@ def main(args: argparse.Namespace) -> int:
     for spec in args.models:
         # Detectors and segmenters are counted the way mmdet/mmseg counted them for the paper (fixed proposal
         # counts, decode head only), which a plain forward pass cannot express.
+        # Without --size, each at the input size the paper reports (detectors 800x1280, segmenters 512x2048).
         if (whole := downstream_flops(spec, args.size[0] if args.size != [(224, 224)] else None)) is not None:
             print(f"## {spec}\n")
             print("\n".join(f"{k:>14}: {v if v is not None else '-'}" for k, v in whole.items()))

@@ -12,7 +12,7 @@ __all__ = [
 ]
 
 
-def downstream_flops(name: str, size: tuple[int, int] | None = None) -> dict[str, float | None] | None:
+def downstream_flops(name: str, size: tuple[int, int] | None = None) -> dict[str, float | str | None] | None:
     """GMACs and params (M) of a downstream model beside the paper's, counted as mmdet/mmseg did, for
     `convnext flops maskrcnn_convnext_tiny --size 1280x800`; None if `name` is not a downstream model.
 

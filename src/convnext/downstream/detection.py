@@ -169,11 +169,13 @@ def _pool_size(pool: nn.Module) -> tuple[int, int]:
 
 
 def detector_flops(name: str = "maskrcnn_convnext_tiny", size: tuple[int, int] = (800, 1280),
-                   num_classes: int = 81) -> dict[str, float | None]:
+                   num_classes: int = 81) -> dict[str, float | str | None]:
     """GMACs (mmdet's counting, see `detector_macs`) and params (M) of a detector built on the meta device,
     beside the paper's figures; `num_classes=81` is mmdet's COCO head (80 classes + background)."""
     with torch.device("meta"):
         model = create_detector(name, num_classes)
     paper = PAPER_DETECTION.get(name, {})
     return {"gmacs": detector_macs(model, size) / 1e9, "params": count_params(model) / 1e6,
-            "paper_gmacs": paper.get("gmacs"), "paper_params": paper.get("params")}
+            # the paper's figures are for its own input size only
+            "paper_gmacs": paper.get("gmacs") if tuple(size) == (800, 1280) else None,
+            "paper_params": paper.get("params"), "size": f"{size[0]}x{size[1]}"}

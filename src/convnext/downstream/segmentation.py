@@ -182,7 +182,7 @@ def segmentation_loss(outputs: dict[str, torch.Tensor], target: torch.Tensor, au
 
 
 def segmenter_flops(name: str = "upernet_convnext_tiny", size: tuple[int, int] = (512, 2048),
-                    num_classes: int = 150) -> dict[str, float | None]:
+                    num_classes: int = 150) -> dict[str, float | str | None]:
     """GMACs of the inference forward (backbone + decode head, as mmseg's `get_flops.py` counted) and params
     (M, auxiliary head included, as mmseg counted them) of a segmenter built on the meta device, beside
     the paper's figures."""
@@ -190,4 +190,6 @@ def segmenter_flops(name: str = "upernet_convnext_tiny", size: tuple[int, int] =
         model = create_segmenter(name, num_classes)
     paper = PAPER_SEGMENTATION.get(name, {})
     return {"gmacs": count_macs(model, size) / 1e9, "params": count_params(model) / 1e6,
-            "paper_gmacs": paper.get("gmacs"), "paper_params": paper.get("params")}
+            # the paper's figures are for its own input size only
+            "paper_gmacs": paper.get("gmacs") if tuple(size) == (512, 2048) else None,
+            "paper_params": paper.get("params"), "size": f"{size[0]}x{size[1]}"}
