@@ -191,7 +191,7 @@ class SweepConfig:
     """
 
     regime: str = "t"
-    recipe: str = "fashion_mnist"
+    recipe: str = "roadmap_small"
     data: str = "fashion-mnist"
     width: float = 0.25
     depth: float = 1 / 3
