@@ -1,12 +1,18 @@
-# Everything a fresh machine needs: Debian's Fashion-MNIST, a virtualenv with torch from PyPI, the package.
+# Everything a fresh machine needs: Debian's Fashion-MNIST, a C++ compiler (the depthwise-gradient kernel,
+# src/convnext/models/dwconv.py), a virtualenv with torch from PyPI, the package.
 VENV ?= .venv
 PY := $(VENV)/bin/python
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 FMNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
+CXX := /usr/bin/g++
 
 .PHONY: setup train test lint bench models
 
-setup: $(VENV)/.installed $(FMNIST)
+setup: $(VENV)/.installed $(FMNIST) $(CXX)
+
+$(CXX):
+	$(SUDO) apt-get update -qq
+	$(SUDO) apt-get install -y -qq g++
 
 $(FMNIST):
 	$(SUDO) apt-get update -qq

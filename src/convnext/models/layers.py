@@ -7,6 +7,8 @@ import torch.nn.functional as F
 from timm.layers import DropPath
 from torch import nn
 
+from .dwconv import depthwise_conv
+
 COMPUTE_PATHS = ("linear", "conv", "fused")
 
 
@@ -98,9 +100,9 @@ class Block(nn.Module):
             # Training under autocast: oneDNN's bf16 depthwise conv forward+backward took 1.4x the time of the
             # whole fp32 one here (docs/speed.md), and the depthwise conv is under 5% of the FLOPs: keep it fp32.
             with torch.autocast("cpu", enabled=False):
-                x = self.dwconv(x.float()).permute(0, 2, 3, 1)
+                x = depthwise_conv(x.float(), self.dwconv).permute(0, 2, 3, 1)
         else:
-            x = self.dwconv(x).permute(0, 2, 3, 1)
+            x = depthwise_conv(x, self.dwconv).permute(0, 2, 3, 1)
         x = self.pwconv2(self.act(self.pwconv1(self.norm(x))))
         if self.gamma is not None:
             x = self.gamma * x

@@ -1,0 +1,139 @@
+"""The block's depthwise convolution with a fast weight gradient on CPU.
+
+oneDNN computes the forward pass and the input gradient of a depthwise 7x7 convolution with fast
+depthwise kernels, but its weight gradient runs a generic grouped-convolution kernel that was 5-10x slower
+than the forward pass here, and 30% of a bf16 ConvNeXt-T training step (benchmarks/RESULTS.md, docs/speed.md).
+The weight gradient, dW[c, i, j] = sum over n, h, w of grad[n, h, w, c] * x[n, h + i - p, w + j - p, c], is
+a channel-vectorised multiply-accumulate on channels_last storage, written below in C++ and compiled
+once per machine with torch's extension loader. Where no compiler is found, the native gradient is used.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import warnings
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+log = logging.getLogger(__name__)
+
+_SOURCE = r"""
+#include <torch/extension.h>
+#include <ATen/Parallel.h>
+#include <algorithm>
+
+// Accumulates sum_w g[w, c] * x[w + shift, c] for CB channels from c0 into a[c0 .. c0 + CB), in registers.
+template <int64_t CB>
+static inline void row_block(const float* grow, const float* xrow, float* a, int64_t C, int64_t c0, int64_t w0,
+                             int64_t w1, int64_t shift) {
+  float s[CB] = {0};
+  for (int64_t w = w0; w < w1; ++w) {
+    const float* __restrict__ gv = grow + w * C + c0;
+    const float* __restrict__ xv = xrow + (w + shift) * C + c0;
+    for (int64_t c = 0; c < CB; ++c) s[c] += gv[c] * xv[c];
+  }
+  for (int64_t c = 0; c < CB; ++c) a[c0 + c] += s[c];
+}
+
+// dW[c, i, j] = sum_{n, h, w} g[n, h, w, c] * x[n, h + i - p, w + j - p, c] (zero outside the image).
+// x and g are NHWC-contiguous float32; each thread accumulates rows (n, h) into its own k*k*C buffer.
+torch::Tensor dw_weight_grad(torch::Tensor x, torch::Tensor g, int64_t k) {
+  TORCH_CHECK(x.scalar_type() == at::kFloat && g.scalar_type() == at::kFloat, "float32 only");
+  auto xl = x.permute({0, 2, 3, 1}).contiguous();
+  auto gl = g.permute({0, 2, 3, 1}).contiguous();
+  const int64_t N = xl.size(0), H = xl.size(1), W = xl.size(2), C = xl.size(3), p = k / 2;
+  const int64_t threads = at::get_num_threads();
+  auto acc = torch::zeros({threads, k * k, C}, xl.options());
+  const float* X = xl.data_ptr<float>();
+  const float* G = gl.data_ptr<float>();
+  float* A = acc.data_ptr<float>();
+  at::parallel_for(0, N * H, 1, [&](int64_t begin, int64_t end) {
+    float* acc0 = A + at::get_thread_num() * k * k * C;
+    for (int64_t r = begin; r < end; ++r) {
+      const int64_t n = r / H, h = r % H;
+      const float* grow = G + r * W * C;
+      for (int64_t i = 0; i < k; ++i) {
+        const int64_t hh = h + i - p;
+        if (hh < 0 || hh >= H) continue;
+        const float* xrow = X + (n * H + hh) * W * C;
+        for (int64_t j = 0; j < k; ++j) {
+          float* a = acc0 + (i * k + j) * C;
+          const int64_t w0 = std::max<int64_t>(0, p - j), w1 = std::min<int64_t>(W, W + p - j), shift = j - p;
+          int64_t c0 = 0;
+          for (; c0 + 64 <= C; c0 += 64) row_block<64>(grow, xrow, a, C, c0, w0, w1, shift);
+          for (; c0 + 16 <= C; c0 += 16) row_block<16>(grow, xrow, a, C, c0, w0, w1, shift);
+          for (; c0 < C; ++c0) row_block<1>(grow, xrow, a, C, c0, w0, w1, shift);
+        }
+      }
+    }
+  });
+  return acc.sum(0).t().reshape({C, 1, k, k});
+}
+"""
+
+_kernel = None
+_kernel_tried = False
+
+
+def _load_kernel():
+    """The compiled weight-gradient kernel, or None where it cannot be built (warned once)."""
+    global _kernel, _kernel_tried
+    if _kernel_tried:
+        return _kernel
+    _kernel_tried = True
+    if os.environ.get("CONVNEXT_NO_EXTENSION"):
+        return None
+    try:
+        from torch.utils.cpp_extension import load_inline
+
+        _kernel = load_inline(
+            name="convnext_dwconv_grad_v1", cpp_sources=_SOURCE, functions=["dw_weight_grad"],
+            extra_cflags=["-O3", "-march=native", "-fopenmp", "-mprefer-vector-width=512"],
+            extra_ldflags=["-fopenmp"], verbose=False,
+        ).dw_weight_grad
+    except Exception as e:  # no compiler or ninja, a read-only cache, ...: the native gradient still works
+        warnings.warn(f"convnext: the fast depthwise weight gradient could not be compiled ({e!s:.200}); "
+                      "training uses PyTorch's own, which is slower on CPU. Install a C++ compiler and ninja "
+                      "to enable it, or set CONVNEXT_NO_EXTENSION=1 to silence this.", stacklevel=3)
+        _kernel = None
+    return _kernel
+
+
+class _DepthwiseConv(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, k: int) -> torch.Tensor:
+        ctx.save_for_backward(x, weight)
+        ctx.k, ctx.has_bias = k, bias is not None
+        return F.conv2d(x, weight, bias, padding=k // 2, groups=x.shape[1])
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        x, weight = ctx.saved_tensors
+        k, c = ctx.k, x.shape[1]
+        grad_x = grad_w = grad_b = None
+        if ctx.needs_input_grad[0]:
+            grad_x = torch.ops.aten.convolution_backward(
+                grad, x, weight, None, [1, 1], [k // 2] * 2, [1, 1], False, [0, 0], c, [True, False, False])[0]
+        if ctx.needs_input_grad[1]:
+            mf = torch.channels_last
+            grad_w = _kernel(x.contiguous(memory_format=mf), grad.contiguous(memory_format=mf), k)
+        if ctx.has_bias and ctx.needs_input_grad[2]:
+            grad_b = grad.sum((0, 2, 3))
+        return grad_x, grad_w, grad_b, None
+
+
+def depthwise_conv(x: torch.Tensor, conv: nn.Conv2d) -> torch.Tensor:
+    """`conv(x)` for the block's depthwise convolution (stride 1, "same" padding), with the compiled weight
+    gradient when it applies: CPU, float32, autograd recording, kernel 5 or more (oneDNN's own 3x3 weight
+    gradient is fast). Same forward numerics as `conv(x)`."""
+    k = conv.kernel_size[0]
+    if (x.device.type == "cpu" and x.dtype == torch.float32 and conv.weight.dtype == torch.float32
+            and torch.is_grad_enabled() and conv.weight.requires_grad and conv.stride == (1, 1)
+            and conv.dilation == (1, 1) and conv.padding == (k // 2, k // 2) and conv.kernel_size == (k, k)
+            and k % 2 == 1 and k >= 5 and conv.groups == x.shape[1] == conv.out_channels
+            and _load_kernel() is not None):
+        return _DepthwiseConv.apply(x, conv.weight, conv.bias, k)
+    return conv(x)
