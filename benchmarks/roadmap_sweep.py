@@ -21,6 +21,7 @@ from pathlib import Path
 
 import torch
 
+from convnext.benchmark import cpu_name
 from convnext.cli import main as cli_main
 from convnext.roadmap import load_results
 
@@ -32,14 +33,7 @@ SMOKE_NOTE = ("A smoke run: it proves the machinery (engine, per-step records, r
 
 
 def hardware() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    cpu = cpu_name()
     gpu = f", GPU {torch.cuda.get_device_name()}" if torch.cuda.is_available() else ""
     load = ", load average {:.1f} / {:.1f} / {:.1f} at the end (1/5/15 min; shared machine)".format(*os.getloadavg())
     return (f"{cpu}, {os.cpu_count()} cores{gpu}; torch {torch.__version__} "

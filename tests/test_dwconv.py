@@ -42,9 +42,13 @@ def test_the_block_trains_through_it(monkeypatch):
     monkeypatch.setattr(dwconv._DepthwiseConv, "backward", staticmethod(lambda ctx, g: calls.append(1) or real(ctx, g)))
     from convnext.models import create_model
 
-    m = create_model("convnext_fmnist", num_classes=10, in_chans=1)
+    m = create_model("convnext_fmnist", num_classes=10, in_chans=1, kernel_size=7)
     m(torch.randn(2, 1, 28, 28)).sum().backward()
     assert len(calls) == sum(m.depths)
+    calls.clear()
+    m = create_model("convnext_fmnist", num_classes=10, in_chans=1, kernel_size=3)  # oneDNN's 3x3 is fast
+    m(torch.randn(2, 1, 28, 28)).sum().backward()
+    assert not calls
 
 
 def test_falls_back_to_pytorch_without_the_kernel(monkeypatch):

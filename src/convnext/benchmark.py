@@ -295,7 +295,7 @@ def environment(device: torch.device, threads: int) -> dict[str, Any]:
 
     env: dict[str, Any] = {
         "device": device.type, "torch": torch.__version__, "python": platform.python_version(),
-        "platform": platform.platform(), "threads": threads, "cpu": _cpu_name(), "cpu_count": os.cpu_count(),
+        "platform": platform.platform(), "threads": threads, "cpu": cpu_name(), "cpu_count": os.cpu_count(),
         "load_avg_1m": env_load(),
         "mkldnn": torch.backends.mkldnn.is_available(),
     }
@@ -308,7 +308,8 @@ def environment(device: torch.device, threads: int) -> dict[str, Any]:
     return env
 
 
-def _cpu_name() -> str:
+def cpu_name() -> str:
+    """The CPU model as /proc/cpuinfo names it; platform.processor() where there is none."""
     with contextlib.suppress(OSError):
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):
