@@ -121,6 +121,24 @@ def test_folded_weights_follow_parameter_changes():
         _close(fast(x), ref(x))
 
 
+@pytest.mark.parametrize("opt_kwargs", [{"fused": True}, {"foreach": True}, {}])
+def test_eval_after_any_optimizer_sees_the_new_weights(opt_kwargs):
+    # torch's fused AdamW writes parameters without bumping their version counter (measured in torch 2.15)
+    ref, fast = _pair("hierarchical", "fused")
+    x = torch.randn(2, 3, 64, 64)
+    for m in (ref, fast):
+        m.eval()
+        with torch.inference_mode():
+            m(x)  # fills the cache of folded weights
+        m.train()
+        opt = torch.optim.AdamW(m.parameters(), lr=0.1, **opt_kwargs)
+        m(x).square().mean().backward()
+        opt.step()
+        m.eval()
+    with torch.inference_mode():
+        _close(fast(x), ref(x))
+
+
 def test_cache_is_reused_while_weights_stay():
     _, fast = _pair("hierarchical", "fused")
     block = fast.stages[0][0]

@@ -166,8 +166,15 @@ class Block(nn.Module):
         return weights
 
     def clear_cache(self) -> None:
-        """Forget the cached inference weights (needed only after writing parameters through `.data`)."""
+        """Forget the cached inference weights. Needed only after changing parameters in place in eval mode
+        without bumping their version counter: writes through `.data`, or a fused optimizer's step."""
         self._inference_cache.clear()
+
+    def train(self, mode: bool = True) -> Block:
+        # Fused optimizers (torch.optim.AdamW(fused=True)) update parameters without bumping the version
+        # counter the cache is keyed on, so a train -> eval switch always refolds from the current weights.
+        self._inference_cache.clear()
+        return super().train(mode)
 
 
 def _onednn_fusion(x: torch.Tensor) -> bool:
