@@ -13,12 +13,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+from convnext.benchmark import cpu_name
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "fashion_mnist_results.jsonl"
@@ -59,7 +60,7 @@ def main() -> int:
             "top1_per_epoch": [round(e["top1"], 2) for e in epochs],
             "ema_top1_per_epoch": [round(e.get("ema_top1", 0.0), 2) for e in epochs],
             "loadavg_start": [round(x, 2) for x in load0], "loadavg_end": [round(x, 2) for x in os.getloadavg()],
-            "cpus": os.cpu_count(), "cpu": platform.processor() or platform.machine(), "note": args.note,
+            "cpus": os.cpu_count(), "cpu": cpu_name(), "note": args.note,
         }
         with open(RESULTS, "a") as f:
             f.write(json.dumps(record) + "\n")

@@ -51,7 +51,10 @@ MODELS: dict[str, ModelSpec] = {
     "convnext_iso_base": _iso(18, 768, 0.0, params=87.08, gmacs_224=16.90, top1=82.0),
     "convnext_iso_large": _iso(36, 1024, 1e-6, params=305.94, gmacs_224=59.70, top1=82.6),
     # Ours, not the paper's: 28x28 inputs (Fashion-MNIST). A 2x2 stem and three stages at 14, 7 and 3 pixels.
-    "convnext_fmnist": ModelSpec(ConvNeXt, {"depths": (2, 2, 2), "dims": (32, 64, 128), "patch_size": 2}),
+    # 3x3 depthwise kernels: on 14x14 to 3x3 maps a 7x7 kernel mostly sees padding; 3x3 measured 2.5 points
+    # better after 6 epochs and 25% faster (benchmarks/fashion_mnist.md).
+    "convnext_fmnist": ModelSpec(ConvNeXt, {"depths": (2, 2, 2), "dims": (32, 64, 128), "patch_size": 2,
+                                            "kernel_size": 3}),
 }
 # XL's top-1 is the 22K->1K figure: the paper trains XL on ImageNet-22K only.
 
