@@ -57,3 +57,11 @@ def test_falls_back_to_pytorch_without_the_kernel(monkeypatch):
     conv = nn.Conv2d(8, 8, 7, padding=3, groups=8)
     y = depthwise_conv(torch.randn(1, 8, 6, 6, requires_grad=True), conv)
     assert type(y.grad_fn).__name__ == "ConvolutionBackward0"
+
+
+def test_double_backward_is_refused_not_wrong():
+    conv = nn.Conv2d(8, 8, 7, padding=3, groups=8)
+    x = torch.randn(1, 8, 6, 6, requires_grad=True)
+    (gw,) = torch.autograd.grad(depthwise_conv(x, conv).square().sum(), conv.weight, create_graph=True)
+    with pytest.raises(RuntimeError, match="once_differentiable|double backward|differentiable"):
+        gw.sum().backward()

@@ -10,15 +10,13 @@ once per machine with torch's extension loader. Where no compiler is found, the 
 
 from __future__ import annotations
 
-import logging
 import os
 import warnings
 
 import torch
 import torch.nn.functional as F
 from torch import nn
-
-log = logging.getLogger(__name__)
+from torch.autograd.function import once_differentiable
 
 _SOURCE = r"""
 #include <torch/extension.h>
@@ -89,10 +87,14 @@ def _load_kernel():
     try:
         from torch.utils.cpp_extension import load_inline
 
+        # Instruction set from what PyTorch itself dispatches to on this CPU, not -march=native: the build is
+        # cached in ~/.cache/torch_extensions, which a cluster may share between machines of different CPUs.
+        capability = torch.backends.cpu.get_cpu_capability()
+        isa = {"AVX512": ["-mavx512f", "-mavx512vl", "-mfma", "-mprefer-vector-width=512"],
+               "AVX2": ["-mavx2", "-mfma"]}.get(capability, [])
         _kernel = load_inline(
-            name="convnext_dwconv_grad_v1", cpp_sources=_SOURCE, functions=["dw_weight_grad"],
-            extra_cflags=["-O3", "-march=native", "-fopenmp", "-mprefer-vector-width=512"],
-            extra_ldflags=["-fopenmp"], verbose=False,
+            name=f"convnext_dwconv_grad_v1_{capability.lower()}", cpp_sources=_SOURCE, functions=["dw_weight_grad"],
+            extra_cflags=["-O3", "-fopenmp", *isa], extra_ldflags=["-fopenmp"], verbose=False,
         ).dw_weight_grad
     except Exception as e:  # no compiler or ninja, a read-only cache, ...: the native gradient still works
         warnings.warn(f"convnext: the fast depthwise weight gradient could not be compiled ({e!s:.200}); "
@@ -110,6 +112,7 @@ class _DepthwiseConv(torch.autograd.Function):
         return F.conv2d(x, weight, bias, padding=k // 2, groups=x.shape[1])
 
     @staticmethod
+    @once_differentiable  # the compiled gradient is not itself differentiable: double backward raises
     def backward(ctx, grad: torch.Tensor):
         x, weight = ctx.saved_tensors
         k, c = ctx.k, x.shape[1]
