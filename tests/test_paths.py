@@ -139,6 +139,22 @@ def test_eval_after_any_optimizer_sees_the_new_weights(opt_kwargs):
         _close(fast(x), ref(x))
 
 
+def test_fused_inference_tiles_cover_every_pixel():
+    # 3 x 40 x 37 = 4440 pixels: two full tiles of the fused MLP and a partial one
+    from convnext.models import layers
+
+    ref = Block(16).eval()
+    with torch.no_grad():
+        ref.gamma.uniform_(0.5, 1.5)
+        ref.norm.weight.uniform_(0.5, 1.5)
+    fast = copy.deepcopy(ref)
+    fast.compute_path = "fused"
+    x = torch.randn(3, 16, 40, 37).contiguous(memory_format=torch.channels_last)
+    assert x.shape[0] * x.shape[2] * x.shape[3] > 2 * layers._TILE_ROWS
+    with torch.inference_mode():
+        torch.testing.assert_close(fast(x), ref(x), rtol=1e-5, atol=1e-5)
+
+
 def test_cache_is_reused_while_weights_stay():
     _, fast = _pair("hierarchical", "fused")
     block = fast.stages[0][0]

@@ -10,6 +10,7 @@ from torch import nn
 from .dwconv import depthwise_conv
 
 COMPUTE_PATHS = ("linear", "conv", "fused")
+_TILE_ROWS = 2048  # pixels per tile of the fused inference MLP
 
 
 class LayerNorm2d(nn.LayerNorm):
@@ -123,14 +124,23 @@ class Block(nn.Module):
         dw_w, dw_b, w1, b1, w2, b2 = self._inference_weights(dtype)
         with torch.autocast(device, enabled=False):
             x = x.to(dtype)
-            y = F.conv2d(x, dw_w, dw_b, padding=self.dwconv.padding, groups=self.dwconv.groups)
-            y = F.layer_norm(y.permute(0, 2, 3, 1), self.norm.normalized_shape, None, None, self.norm.eps)
+            y = F.conv2d(x, dw_w, dw_b, padding=self.dwconv.padding, groups=self.dwconv.groups).permute(0, 2, 3, 1)
             n, h, w, c = y.shape
             shortcut = x.permute(0, 2, 3, 1)
             if _onednn_fusion(y):
-                y = torch.ops.mkldnn._linear_pointwise(y.reshape(-1, c), w1, b1, "gelu", [], "none")
-                y = torch.ops.mkldnn._linear_pointwise.binary(y, shortcut.reshape(-1, c), w2, b2, "add")
+                # LN -> pwconv1+GELU -> pwconv2+residual on _TILE_ROWS pixels at a time: the 4C-wide hidden
+                # activation then stays in cache between the two matmuls instead of a round trip to memory
+                # (10-20% faster per block on stages 0-2 here, docs/speed.md).
+                y, shortcut = y.reshape(-1, c), shortcut.reshape(-1, c)
+                out = torch.empty_like(y)
+                for r in range(0, y.shape[0], _TILE_ROWS):
+                    t = F.layer_norm(y[r:r + _TILE_ROWS], self.norm.normalized_shape, None, None, self.norm.eps)
+                    t = torch.ops.mkldnn._linear_pointwise(t, w1, b1, "gelu", [], "none")
+                    out[r:r + _TILE_ROWS] = torch.ops.mkldnn._linear_pointwise.binary(
+                        t, shortcut[r:r + _TILE_ROWS], w2, b2, "add")
+                y = out
             else:
+                y = F.layer_norm(y, self.norm.normalized_shape, None, None, self.norm.eps)
                 y = F.linear(self.act(F.linear(y, w1, b1)), w2, b2).add_(shortcut)
         return y.view(n, h, w, c).permute(0, 3, 1, 2)
 

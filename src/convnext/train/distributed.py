@@ -49,8 +49,11 @@ def init_distributed(device_type: str) -> DistInfo:
 
 
 def cleanup() -> None:
-    """Leave the process group (if this process joined one)."""
+    """Leave the process group (if this process joined one), once every rank got here."""
     if dist.is_available() and dist.is_initialized():
+        # A rank that tears gloo down while another still talks to it can abort ("terminate called without an
+        # active exception", seen once in the 2-process FSDP test on a loaded machine).
+        dist.barrier()
         dist.destroy_process_group()
 
 
