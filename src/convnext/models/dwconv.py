@@ -1,8 +1,8 @@
 """The block's depthwise convolution with a fast weight gradient on CPU.
 
 oneDNN computes the forward pass and the input gradient of a depthwise 7x7 convolution with fast
-depthwise kernels, but its weight gradient runs a generic grouped-convolution kernel that was 5-10x slower
-than the forward pass here, and 30% of a bf16 ConvNeXt-T training step (benchmarks/RESULTS.md, docs/speed.md).
+depthwise kernels, but its weight gradient runs a generic grouped-convolution kernel, 4-17x slower than
+the kernel below here, and 30% of a bf16 ConvNeXt-T training step (benchmarks/RESULTS.md, docs/speed.md).
 The weight gradient, dW[c, i, j] = sum over n, h, w of grad[n, h, w, c] * x[n, h + i - p, w + j - p, c], is
 a channel-vectorised multiply-accumulate on channels_last storage, written below in C++ and compiled
 once per machine with torch's extension loader. Where no compiler is found, the native gradient is used.
@@ -135,8 +135,8 @@ def depthwise_conv(x: torch.Tensor, conv: nn.Conv2d) -> torch.Tensor:
     k = conv.kernel_size[0]
     if (x.device.type == "cpu" and x.dtype == torch.float32 and conv.weight.dtype == torch.float32
             and torch.is_grad_enabled() and conv.weight.requires_grad and conv.stride == (1, 1)
-            and conv.dilation == (1, 1) and conv.padding == (k // 2, k // 2) and conv.kernel_size == (k, k)
-            and k % 2 == 1 and k >= 5 and conv.groups == x.shape[1] == conv.out_channels
-            and _load_kernel() is not None):
+            and conv.dilation == (1, 1) and conv.padding_mode == "zeros" and conv.padding == (k // 2, k // 2)
+            and conv.kernel_size == (k, k) and k % 2 == 1 and k >= 5
+            and conv.groups == x.shape[1] == conv.out_channels and _load_kernel() is not None):
         return _DepthwiseConv.apply(x, conv.weight, conv.bias, k)
     return conv(x)
