@@ -396,10 +396,9 @@ def _groups(results: list[dict[str, Any]]) -> Iterator[tuple[tuple[str, str], li
 
 def plot(report: dict[str, Any], path: str | Path) -> Path:
     """Horizontal bar chart of img/s (median, min-max whiskers), one panel per (mode, precision)."""
-    import matplotlib
+    from .train.plots import pyplot, save_figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     groups = list(_groups(report["results"]))
     fig, axes = plt.subplots(len(groups), 1, figsize=(8, 0.5 + 0.45 * sum(len(g) for _, g in groups) + len(groups)),
@@ -418,11 +417,7 @@ def plot(report: dict[str, Any], path: str | Path) -> Path:
     fig.suptitle(f"{env['cpu'] if env['device'] == 'cpu' else env.get('gpu')}, {env['threads']} threads, "
                  f"torch {env['torch']}", fontsize=9)
     fig.tight_layout(rect=(0, 0, 1, 1 - 0.35 / fig.get_figheight()))  # room for the suptitle
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 # ---------------------------------------------------------------------------------------------- command

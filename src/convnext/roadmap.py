@@ -105,10 +105,9 @@ def draw_figure(regime: Regime, rows: list[dict], path: str | Path, measured: di
                 measured_label: str = "ours, small scale") -> Path:
     """The paper's Figure 2 as a PNG: steps down the side, bars of the paper's top-1 with GMACs beside them,
     and a second panel of our measured top-1 (mean +- std over seeds) when a sweep has been run."""
-    import matplotlib
+    from .train.plots import pyplot, save_figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     measured = measured or {}
     n = len(rows)
@@ -171,11 +170,7 @@ def draw_figure(regime: Regime, rows: list[dict], path: str | Path, measured: di
         fig.text(0.01, 0.005, "!! the paper's table figure cannot be matched: see docs/roadmap.md", fontsize=7,
                  color="#b00000")
     fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path, dpi=110)
 
 
 # ---------------------------------------------------------------------------------------------- sweep

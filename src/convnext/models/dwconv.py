@@ -121,8 +121,7 @@ class _DepthwiseConv(torch.autograd.Function):
             grad_x = torch.ops.aten.convolution_backward(
                 grad, x, weight, None, [1, 1], [k // 2] * 2, [1, 1], False, [0, 0], c, [True, False, False])[0]
         if ctx.needs_input_grad[1]:
-            mf = torch.channels_last
-            grad_w = _kernel(x.contiguous(memory_format=mf), grad.contiguous(memory_format=mf), k)
+            grad_w = _kernel(x, grad, k)  # it takes NHWC views itself: no copy when both are channels_last
         if ctx.has_bias and ctx.needs_input_grad[2]:
             grad_b = grad.sum((0, 2, 3))
         return grad_x, grad_w, grad_b, None

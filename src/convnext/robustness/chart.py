@@ -12,11 +12,11 @@ def plot_corruption_errors(summary: dict, path: str | os.PathLike, title: str = 
     `summary` is what `metrics.summarize` returns (optionally with a "baseline_errors" entry, drawn as
     black ticks: the baseline's error averaged over severities). Written as PNG to `path`.
     """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     import numpy as np
+
+    from ..train.plots import pyplot, save_figure
+
+    plt = pyplot()
 
     errors = summary["errors"]
     names = list(errors)
@@ -43,8 +43,4 @@ def plot_corruption_errors(summary: dict, path: str | os.PathLike, title: str = 
     ax.set_title(" | ".join(t for t in [title, *headline] if t), fontsize=10)
     ax.legend(fontsize=7, ncol=4, loc="upper left")
     fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path, dpi=110)

@@ -35,10 +35,7 @@ def plot_metrics(metrics_path: str | Path, out_dir: str | Path) -> dict[str, Pat
 def line_plot(path: Path, x: list, series: list[tuple[str, list]], xlabel: str, ylabel: str | None = None,
               marker: str | None = "o") -> Path:
     """One PNG with a line per (label, ys) series against `x`."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     fig, ax = plt.subplots(figsize=(6, 4))
     for label, ys in series:
@@ -49,6 +46,23 @@ def line_plot(path: Path, x: list, series: list[tuple[str, list]], xlabel: str, 
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    return save_figure(fig, path)
+
+
+def pyplot():
+    """matplotlib.pyplot on the file-only Agg backend (servers have no display), imported on first use."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def save_figure(fig, path: str | Path, dpi: int = 100) -> Path:
+    """Write `fig` as an image to `path` (making its folder), free it, and return the path."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=dpi)
+    pyplot().close(fig)
     return path
