@@ -26,7 +26,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from convnext import create_model  # noqa: E402
+from convnext import create_model, tune_malloc  # noqa: E402
 from convnext.benchmark import format_table, plot, run  # noqa: E402
 from convnext.flops import build_for_counting, format_breakdown, stage_breakdown  # noqa: E402
 
@@ -76,7 +76,8 @@ def _env_lines(report: dict) -> str:
     env = report["env"]
     peaks = ", ".join(f"{k} {v:.0f} GFLOP/s" for k, v in report["peaks_gflops"].items())
     return (f"- CPU: {env['cpu']} ({env['cpu_count']} cores), {env['threads']} torch threads, oneDNN "
-            f"{'on' if env['mkldnn'] else 'off'}; matmul peak: {peaks}\n"
+            f"{'on' if env['mkldnn'] else 'off'}, malloc tuned: {env.get('malloc_tuned', 'not recorded')}; "
+            f"matmul peak: {peaks}\n"
             f"- torch {env['torch']}, timm {env.get('timm')}, torchvision {env.get('torchvision')}, transformers "
             f"{env.get('transformers')}, onnxruntime {env.get('onnxruntime')}, Python {env['python']}\n"
             f"- load average (1 min) at start / end: {env['load_avg_1m']:.1f} / {env['load_avg_1m_end']:.1f}; "
@@ -110,6 +111,7 @@ def main() -> int:
         else INFER_MODELS
     train_models = [m.replace("convnext_tiny", "convnext_atto") for m in TRAIN_MODELS[:2]] if args.quick \
         else TRAIN_MODELS
+    tune_malloc()  # as the `convnext` command does: the peers run in this process and get it too
     start = time.time()
     common = dict(batch_size=batch, img_size=size, threads=args.threads, reps=args.reps,
                   peak_size=1024 if args.quick else 4096)

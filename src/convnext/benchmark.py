@@ -30,6 +30,7 @@ import torch
 from torch import nn
 
 from .flops import count_macs, parse_size
+from .malloc import is_tuned as malloc_is_tuned
 
 PRECISIONS = ("fp32", "bf16", "fp16", "bf16-weights")
 MODES = ("infer", "train")
@@ -298,6 +299,7 @@ def environment(device: torch.device, threads: int) -> dict[str, Any]:
         "platform": platform.platform(), "threads": threads, "cpu": cpu_name(), "cpu_count": os.cpu_count(),
         "load_avg_1m": env_load(),
         "mkldnn": torch.backends.mkldnn.is_available(),
+        "malloc_tuned": malloc_is_tuned(),  # freed memory reused (convnext/malloc.py): changes absolute img/s a lot
     }
     for pkg in ("timm", "torchvision", "transformers", "onnxruntime"):
         with contextlib.suppress(ImportError):

@@ -10,6 +10,8 @@ import argparse
 import importlib
 import sys
 
+from .malloc import tune_malloc
+
 # name -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
     "models": ("convnext.models.report", "list every model with params and GMACs beside the paper's"),
@@ -47,6 +49,7 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of the `convnext` console script."""
     argv = sys.argv[1:] if argv is None else argv
     args = build_parser(argv).parse_args(argv)
+    tune_malloc()  # every command allocates large tensors: reuse freed memory (convnext/malloc.py)
     module = importlib.import_module(COMMANDS[args.command][0])
     return int(module.main(args) or 0)
 
