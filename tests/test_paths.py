@@ -87,6 +87,25 @@ def test_train_mode_gradients_match_reference(kind, path):
         torch.testing.assert_close(p.grad, grads[name].grad, rtol=1e-4, atol=1e-5, msg=lambda m, n=name: f"{n}: {m}")
 
 
+def test_train_gradients_match_reference_with_drop_path():
+    # With stochastic depth the fused path keeps the residual add outside its fused MLP: same draws, same numbers.
+    kwargs = dict(SMALL["hierarchical"], drop_path_rate=0.5)
+    ref = _perturb(create_model(kwargs.pop("name"), compute_path="linear", **kwargs)).train()
+    fast = copy.deepcopy(ref)
+    fast.set_compute_path("fused")
+    x = torch.randn(4, 3, 64, 64)
+    outs = []
+    for m in (ref, fast):
+        torch.manual_seed(3)
+        y = m(x)
+        (y * torch.linspace(-1, 1, y.numel()).view_as(y)).sum().backward()
+        outs.append(y)
+    _close(outs[1], outs[0])
+    grads = dict(ref.named_parameters())
+    for name, p in fast.named_parameters():
+        torch.testing.assert_close(p.grad, grads[name].grad, rtol=1e-4, atol=1e-5, msg=lambda m, n=name: f"{n}: {m}")
+
+
 def test_auto_picks_fused_on_cpu_and_keeps_the_state_dict():
     model = create_model("convnext_atto", depths=(1, 1, 1, 1), dims=(8, 16, 24, 32))
     keys = list(model.state_dict())

@@ -8,6 +8,7 @@ from timm.layers import DropPath
 from torch import nn
 
 from .dwconv import depthwise_conv
+from .mlp import onednn_fusion, pointwise_mlp
 
 COMPUTE_PATHS = ("linear", "conv", "fused")
 _TILE_ROWS = 2048  # pixels per tile of the fused inference MLP
@@ -37,9 +38,11 @@ class Block(nn.Module):
 
     - ``"linear"``: the official reference: permute to NHWC, LayerNorm and two Linear layers, permute back.
     - ``"conv"``: the same weights used as 1x1 convolutions on a channels_last tensor.
-    - ``"fused"``: the reference's Linear layers on the NHWC view of a channels_last tensor, which is
-      contiguous, so no permute copies anywhere. Without autograd it runs inference weights (gamma folded
-      into pwconv2, cast to the compute dtype, cached until a parameter changes) and, on CPU, oneDNN's fused
+    - ``"fused"``: the pointwise layers on the NHWC view of a channels_last tensor, which is contiguous, so
+      no permute copies anywhere, and gamma folded into pwconv2. With autograd on CPU in fp32 the MLP runs
+      through oneDNN with a hand-written backward (`models/mlp.py`) and the depthwise weight gradient is
+      compiled C++ (`models/dwconv.py`). Without autograd it runs inference weights (LN's affine and gamma
+      folded, cast to the compute dtype, cached until a parameter changes) and, on CPU, oneDNN's fused
       Linear+bias+GELU and Linear+bias+residual-add kernels.
     """
 
@@ -69,7 +72,7 @@ class Block(nn.Module):
         if self.compute_path == "fused":
             if self._autograd_free():
                 return self._forward_inference(x)
-            return x + self.drop_path(self._residual_nhwc(x))
+            return self._forward_nhwc(x)
         if self.compute_path == "conv":
             return x + self.drop_path(self._residual_conv(x))
         return x + self.drop_path(self._residual_linear(x))
@@ -88,26 +91,33 @@ class Block(nn.Module):
         x = F.layer_norm(x.permute(0, 2, 3, 1), self.norm.normalized_shape, self.norm.weight, self.norm.bias,
                          self.norm.eps).permute(0, 3, 1, 2)
         x = F.conv2d(x, self.pwconv1.weight[:, :, None, None], self.pwconv1.bias)
-        x = self.act(x)
-        w2, b2 = self.pwconv2.weight, self.pwconv2.bias
-        if self.gamma is not None:
-            # gamma * (W x + b) == (gamma W) x + gamma b: fold the layer scale into the second pointwise conv.
-            w2, b2 = self.gamma[:, None] * w2, self.gamma * b2
-        return F.conv2d(x, w2[:, :, None, None], b2)
+        w2, b2 = self._pwconv2_with_gamma()
+        return F.conv2d(self.act(x), w2[:, :, None, None], b2)
 
-    def _residual_nhwc(self, x: torch.Tensor) -> torch.Tensor:
+    def _pwconv2_with_gamma(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """pwconv2's weight and bias with the layer scale folded in, differentiably: gamma * (W x + b) ==
+        (gamma W) x + gamma b, so the C-wide multiply by gamma (and its two backward passes) never runs."""
+        w2, b2 = self.pwconv2.weight, self.pwconv2.bias
+        if self.gamma is None:
+            return w2, b2
+        return self.gamma[:, None] * w2, self.gamma * b2
+
+    def _forward_nhwc(self, x: torch.Tensor) -> torch.Tensor:
         # The reference's ops in its order; on channels_last storage every permute here is a free view.
         if x.device.type == "cpu" and torch.is_autocast_enabled("cpu"):
             # Training under autocast: oneDNN's bf16 depthwise conv forward+backward took 1.4x the time of the
             # whole fp32 one here (docs/speed.md), and the depthwise conv is under 5% of the FLOPs: keep it fp32.
             with torch.autocast("cpu", enabled=False):
-                x = depthwise_conv(x.float(), self.dwconv).permute(0, 2, 3, 1)
+                y = depthwise_conv(x.float(), self.dwconv).permute(0, 2, 3, 1)
         else:
-            x = depthwise_conv(x, self.dwconv).permute(0, 2, 3, 1)
-        x = self.pwconv2(self.act(self.pwconv1(self.norm(x))))
-        if self.gamma is not None:
-            x = self.gamma * x
-        return x.permute(0, 3, 1, 2)
+            y = depthwise_conv(x, self.dwconv).permute(0, 2, 3, 1)
+        y = self.norm(y)
+        w2, b2 = self._pwconv2_with_gamma()
+        if isinstance(self.drop_path, nn.Identity):  # nothing between pwconv2 and the add: fuse them
+            return pointwise_mlp(y, self.pwconv1.weight, self.pwconv1.bias, w2, b2,
+                                 shortcut=x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+        y = pointwise_mlp(y, self.pwconv1.weight, self.pwconv1.bias, w2, b2)
+        return x + self.drop_path(y.permute(0, 3, 1, 2))
 
     def _autograd_free(self) -> bool:
         """True when no gradient can flow through the block and no drop path is drawn: the inference kernels
@@ -127,7 +137,7 @@ class Block(nn.Module):
             y = F.conv2d(x, dw_w, dw_b, padding=self.dwconv.padding, groups=self.dwconv.groups).permute(0, 2, 3, 1)
             n, h, w, c = y.shape
             shortcut = x.permute(0, 2, 3, 1)
-            if _onednn_fusion(y):
+            if onednn_fusion(y):
                 # LN -> pwconv1+GELU -> pwconv2+residual on _TILE_ROWS pixels at a time: the 4C-wide hidden
                 # activation then stays in cache between the two matmuls instead of a round trip to memory
                 # (10-20% faster per block on stages 0-2 here, docs/speed.md).
@@ -185,18 +195,3 @@ class Block(nn.Module):
         # counter the cache is keyed on, so a train -> eval switch always refolds from the current weights.
         self._inference_cache.clear()
         return super().train(mode)
-
-
-def _onednn_fusion(x: torch.Tensor) -> bool:
-    """Whether oneDNN's fused Linear kernels serve this tensor: CPU, fp32 or bf16, a oneDNN build."""
-    return (x.device.type == "cpu" and x.dtype in (torch.float32, torch.bfloat16) and _HAS_ONEDNN_LINEAR)
-
-
-def _has_onednn_linear() -> bool:
-    try:
-        return torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
-    except (AttributeError, RuntimeError):
-        return False
-
-
-_HAS_ONEDNN_LINEAR = _has_onednn_linear()

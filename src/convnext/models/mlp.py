@@ -1,0 +1,69 @@
+"""The block's pointwise MLP (pwconv1 -> GELU -> pwconv2, + shortcut) for training on CPU, through oneDNN.
+
+Autograd's Linear runs `addmm`, whose GEMM is slow for the thin matrices of ConvNeXt's early stages: at stage 0
+of ConvNeXt-T (batch 32, C = 96) pwconv1's forward took 58 ms as `addmm` and 24 ms as oneDNN's matmul, on 2
+threads (docs/speed.md). `pointwise_mlp` runs the forward pass through oneDNN (`torch.ops.mkldnn.
+_linear_pointwise`, with the residual add fused into pwconv2 when there is no drop path) and writes the
+backward pass by hand: the same GEMMs autograd would run, and GELU's gradient written over the saved
+pre-activation instead of into a new 4C-wide tensor.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch.autograd.function import once_differentiable
+
+
+def _has_onednn_linear() -> bool:
+    try:
+        return torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
+    except (AttributeError, RuntimeError):
+        return False
+
+
+_HAS_ONEDNN_LINEAR = _has_onednn_linear()
+
+
+def onednn_fusion(x: torch.Tensor) -> bool:
+    """Whether oneDNN's fused Linear kernels serve this tensor: CPU, fp32 or bf16, a oneDNN build."""
+    return x.device.type == "cpu" and x.dtype in (torch.float32, torch.bfloat16) and _HAS_ONEDNN_LINEAR
+
+
+class _PointwiseMLP(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, shortcut: torch.Tensor | None, w1: torch.Tensor, b1: torch.Tensor,
+                w2: torch.Tensor, b2: torch.Tensor) -> torch.Tensor:
+        h = torch.ops.mkldnn._linear_pointwise(x, w1, b1, "none", [], "")
+        a = F.gelu(h)
+        if shortcut is None:
+            y = torch.ops.mkldnn._linear_pointwise(a, w2, b2, "none", [], "")
+        else:
+            y = torch.ops.mkldnn._linear_pointwise.binary(a, shortcut, w2, b2, "add")
+        ctx.save_for_backward(x, h, a, w1, w2)
+        ctx.has_shortcut = shortcut is not None
+        return y
+
+    @staticmethod
+    @once_differentiable  # the hand-written backward is not itself differentiable: double backward raises
+    def backward(ctx, dy: torch.Tensor):
+        x, h, a, w1, w2 = ctx.saved_tensors
+        dy = dy.contiguous()
+        dw2, db2 = dy.t().mm(a), dy.sum(0)
+        dh = torch.ops.aten.gelu_backward(dy.mm(w2), h)
+        dw1, db1 = x.t().mm(dh).t(), dh.sum(0)
+        dx = dh.mm(w1)
+        return dx, (dy if ctx.has_shortcut else None), dw1, db1, dw2, db2
+
+
+def pointwise_mlp(x: torch.Tensor, w1: torch.Tensor, b1: torch.Tensor, w2: torch.Tensor, b2: torch.Tensor,
+                  shortcut: torch.Tensor | None = None) -> torch.Tensor:
+    """`F.linear(F.gelu(F.linear(x, w1, b1)), w2, b2) (+ shortcut)` over the last dimension of contiguous
+    channels-last activations, differentiable; through oneDNN on CPU in fp32, through autograd elsewhere."""
+    shape = x.shape
+    if not (onednn_fusion(x) and x.dtype == torch.float32 and x.is_contiguous() and w1.dtype == torch.float32
+            and (shortcut is None or shortcut.is_contiguous()) and not torch.is_autocast_enabled("cpu")):
+        y = F.linear(F.gelu(F.linear(x, w1, b1)), w2, b2)
+        return y if shortcut is None else shortcut + y
+    flat = shortcut.reshape(-1, shape[-1]) if shortcut is not None else None
+    return _PointwiseMLP.apply(x.reshape(-1, shape[-1]), flat, w1, b1, w2, b2).view(shape)
