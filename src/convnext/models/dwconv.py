@@ -10,6 +10,7 @@ once per machine with torch's extension loader. Where no compiler is found, the 
 
 from __future__ import annotations
 
+import logging
 import os
 import warnings
 
@@ -85,7 +86,15 @@ def _load_kernel():
     if os.environ.get("CONVNEXT_NO_EXTENSION"):
         return None
     try:
-        from torch.utils.cpp_extension import load_inline
+        # Importing the loader logs "No CUDA runtime is found" on every CPU-only machine with a CUDA_HOME: noise
+        # for a C++-only build.
+        log = logging.getLogger("torch.utils.cpp_extension")
+        level = log.level
+        log.setLevel(logging.ERROR)
+        try:
+            from torch.utils.cpp_extension import load_inline
+        finally:
+            log.setLevel(level)
 
         # Instruction set from what PyTorch itself dispatches to on this CPU, not -march=native: the build is
         # cached in ~/.cache/torch_extensions, which a cluster may share between machines of different CPUs.
