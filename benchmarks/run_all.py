@@ -35,6 +35,7 @@ INFER_MODELS = ["ours:convnext_tiny", "ours:convnext_tiny@linear", "ours:convnex
                 "tv:convnext_tiny", "hf:convnext_tiny", "timm:swin_tiny_patch4_window7_224", "tv:resnet50"]
 TRAIN_MODELS = ["ours:convnext_tiny", "timm:convnext_tiny", "tv:convnext_tiny", "timm:swin_tiny_patch4_window7_224"]
 SIZES = [(224, 224), (384, 384), (1280, 800), (2048, 512)]
+PLAIN_SUFFIX = "_glibc_default"  # results measured before tune_malloc, under glibc's default allocator
 
 
 def _find(report: dict, model: str, mode: str, precision: str) -> float | None:
@@ -96,6 +97,27 @@ def _load_warning(*reports: dict) -> str:
             "runs, so load hit every model alike, but re-run on a quiet machine before quoting numbers.\n")
 
 
+def _claims(infer: dict, train: dict, infer_models: list[str], train_models: list[str]) -> list[tuple[str, str, str]]:
+    """The issue's speed claims as (claim, measured ratio, target) from one inference and one training report."""
+    ours, timm_t = infer_models[0], infer_models[3]
+    tr_ours, tr_timm = train_models[0], train_models[1]
+    return [
+        ("fp32 inference, ours / timm",
+         _ratio(_find(infer, ours, "infer", "fp32"), _find(infer, timm_t, "infer", "fp32")), ">= 1.6x"),
+        ("bf16 autocast inference, ours / timm (autocast)",
+         _ratio(_find(infer, ours, "infer", "bf16"), _find(infer, timm_t, "infer", "bf16")), ">= 1.3x"),
+        ("bf16 weights inference, ours / timm (autocast)",
+         _ratio(_find(infer, ours, "infer", "bf16-weights"), _find(infer, timm_t, "infer", "bf16")), ">= 1.3x"),
+        ("best bf16 inference, ours / timm fp32", _ratio(
+            max(filter(None, [_find(infer, ours, "infer", p) for p in ("bf16", "bf16-weights")]), default=None),
+            _find(infer, timm_t, "infer", "fp32")), ">= 4x"),
+        ("training step fp32, ours / timm", _ratio(_find(train, tr_ours, "train", "fp32"),
+                                                   _find(train, tr_timm, "train", "fp32")), ">= 1.3x"),
+        ("training step bf16, ours / timm", _ratio(_find(train, tr_ours, "train", "bf16"),
+                                                   _find(train, tr_timm, "train", "bf16")), ">= 1.3x"),
+    ]
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="tiny models and images: a smoke test of the script")
@@ -111,17 +133,26 @@ def main() -> int:
         else INFER_MODELS
     train_models = [m.replace("convnext_tiny", "convnext_atto") for m in TRAIN_MODELS[:2]] if args.quick \
         else TRAIN_MODELS
-    tune_malloc()  # as the `convnext` command does: the peers run in this process and get it too
     start = time.time()
     common = dict(batch_size=batch, img_size=size, threads=args.threads, reps=args.reps,
                   peak_size=1024 if args.quick else 4096)
 
     if args.render_only:  # re-render RESULTS.md from the JSON of the last run, measuring nothing
         infer, train = (json.loads((results_dir / f"{n}.json").read_text()) for n in ("inference", "train"))
+        plain = {n: json.loads(f.read_text()) for n in ("inference", "train")
+                 if (f := results_dir / f"{n}{PLAIN_SUFFIX}.json").exists()}
         ort_file = results_dir / "onnxruntime.json"
         ort = json.loads(ort_file.read_text()) if ort_file.exists() else None
         minutes = infer["env"].get("script_minutes", "(not recorded)")
     else:
+        # Twice, every model under the same allocator each time: glibc's default first (a plain Python process,
+        # as a timm or torchvision user has it), then tuned as every `convnext` command runs (docs/speed.md).
+        # tune_malloc cannot be undone within a process, hence this order.
+        plain = {"inference": run(infer_models, ["infer"], ["fp32", "bf16", "bf16-weights"], **common),
+                 "train": run(train_models, ["train"], ["fp32", "bf16"], **common)}
+        if not tune_malloc():
+            print("warning: malloc could not be tuned here (not glibc, or CONVNEXT_NO_MALLOC_TUNING): both runs "
+                  "use the default allocator", file=sys.stderr)
         infer = run(infer_models, ["infer"], ["fp32", "bf16", "bf16-weights"], **common)
         train = run(train_models, ["train"], ["fp32", "bf16"], **common)
         ort = None
@@ -129,29 +160,18 @@ def main() -> int:
             ort = run([infer_models[0], infer_models[0].replace("ours:", "ort:")], ["infer"], ["fp32"], **common)
         minutes = f"{(time.time() - start) / 60:.1f} min"
         infer["env"]["script_minutes"] = minutes
-        for name, report in (("inference", infer), ("train", train), ("onnxruntime", ort)):
+        reports = {"inference": infer, "train": train, "onnxruntime": ort,
+                   **{f"{name}{PLAIN_SUFFIX}": report for name, report in plain.items()}}
+        for name, report in reports.items():
             if report is not None:
                 (results_dir / f"{name}.json").write_text(json.dumps(report, indent=1))
                 plot(report, results_dir / f"{name}.png")
 
-    ours, timm_t, swin = infer_models[0], infer_models[3], "timm:swin_tiny_patch4_window7_224"
-    tr_ours, tr_timm = train_models[0], train_models[1]
-    claims = [
-        ("fp32 inference, ours / timm",
-         _ratio(_find(infer, ours, "infer", "fp32"), _find(infer, timm_t, "infer", "fp32")), ">= 1.6x"),
-        ("bf16 autocast inference, ours / timm (autocast)",
-         _ratio(_find(infer, ours, "infer", "bf16"), _find(infer, timm_t, "infer", "bf16")), ">= 1.3x"),
-        ("bf16 weights inference, ours / timm (autocast)",
-         _ratio(_find(infer, ours, "infer", "bf16-weights"), _find(infer, timm_t, "infer", "bf16")), ">= 1.3x"),
-        ("best bf16 inference, ours / timm fp32", _ratio(
-            max(filter(None, [_find(infer, ours, "infer", p) for p in ("bf16", "bf16-weights")]), default=None),
-            _find(infer, timm_t, "infer", "fp32")), ">= 4x"),
-        ("training step fp32, ours / timm", _ratio(_find(train, tr_ours, "train", "fp32"),
-                                                   _find(train, tr_timm, "train", "fp32")), ">= 1.3x"),
-        ("training step bf16, ours / timm", _ratio(_find(train, tr_ours, "train", "bf16"),
-                                                   _find(train, tr_timm, "train", "bf16")), ">= 1.3x"),
-    ]
-    claim_rows = "\n".join(f"| {c} | {v} | {t} |" for c, v, t in claims)
+    ours, swin = infer_models[0], "timm:swin_tiny_patch4_window7_224"
+    tuned_claims = _claims(infer, train, infer_models, train_models)
+    plain_claims = _claims(plain["inference"], plain["train"], infer_models, train_models) if plain else None
+    claim_rows = "\n".join(f"| {c} | {plain_claims[i][1] if plain_claims else '-'} | {v} | {t} |"
+                           for i, (c, v, t) in enumerate(tuned_claims))
     swin_rows = []
     for precision in ("fp32", "bf16", "bf16-weights"):
         t, s = _find(infer, ours, "infer", precision), _find(infer, swin, "infer", precision)
@@ -164,6 +184,8 @@ def main() -> int:
     ort_section = (format_table(ort) if ort else
                    "Not measured: `convnext.export` is not in this checkout (the `ort:` backend imports "
                    "`convnext.export.export_onnx`).")
+    plain_section = (f"{_env_lines(plain['inference'])}\n\n{format_table(plain['inference'])}\n\n"
+                     f"{format_table(plain['train'])}" if plain else "Not measured in this run.")
     command = "python benchmarks/run_all.py" + (" --quick" if args.quick else "")
     md = f"""# Speed results
 
@@ -176,8 +198,12 @@ Every number below was measured by that command in one process; nothing is copie
 
 ## Targets
 
-| claim | measured | target |
-|---|---|---|
+Each column is one run with every model under the same allocator: glibc's default (a plain Python process,
+as a timm or torchvision user has it), then tuned the way every `convnext` command runs (`tune_malloc`,
+docs/speed.md), which speeds up the peers' models as much as ours or more.
+
+| claim | measured, glibc default malloc | measured, tuned malloc | target |
+|---|---|---|---|
 {claim_rows}
 
 ## ConvNeXt-T vs Swin-T (paper Table 12 reports +47% on an A100)
@@ -186,7 +212,7 @@ Every number below was measured by that command in one process; nothing is copie
 |---|---|---|---|
 {chr(10).join(swin_rows)}
 
-## Inference, batch {batch} at {size[0]}x{size[1]}
+## Inference, batch {batch} at {size[0]}x{size[1]} (tuned malloc)
 
 "vs first" is relative to the first row of each group (ours with the automatic path). `@linear` is the
 official reference computation, `@conv` 1x1 convolutions, plain `ours` the "fused" path (docs/speed.md).
@@ -197,13 +223,17 @@ in that dtype.
 
 ![inference](results/inference.png)
 
-## Training step (forward, backward, AdamW), batch {batch} at {size[0]}x{size[1]}
+## Training step (forward, backward, AdamW), batch {batch} at {size[0]}x{size[1]} (tuned malloc)
 
 {_env_lines(train)}
 
 {format_table(train)}
 
 ![train](results/train.png)
+
+## Under glibc's default allocator (the same models, measured first in the same process)
+
+{plain_section}
 
 ## ONNX Runtime
 
