@@ -211,3 +211,20 @@ def test_bf16_within_tolerance_and_same_top1(kind):
         assert err < BF16_TOLERANCE, f"bf16 logits off by {err:.3f} of their spread"
         assert err > 0  # bf16 really ran
         assert torch.equal(got.argmax(1)[clear], expected.argmax(1)[clear])
+
+
+def test_compiled_fused_training_matches_reference():
+    # `run.compile` in a recipe: torch.compile of the fused path's training branch (its hand-written kernels step
+    # aside for Inductor) computes the reference's logits and gradients.
+    ref, fast = _pair("hierarchical", "fused")
+    ref.train(), fast.train()
+    x = torch.randn(2, 3, 64, 64)
+    outs = []
+    for m in (ref, torch.compile(fast)):
+        y = m(x)
+        (y * torch.linspace(-1, 1, y.numel()).view_as(y)).sum().backward()
+        outs.append(y)
+    _close(outs[1], outs[0], atol=1e-4)
+    grads = dict(ref.named_parameters())
+    for name, p in fast.named_parameters():
+        torch.testing.assert_close(p.grad, grads[name].grad, rtol=1e-3, atol=1e-4, msg=lambda m, n=name: f"{n}: {m}")

@@ -61,9 +61,12 @@ def pointwise_mlp(x: torch.Tensor, w1: torch.Tensor, b1: torch.Tensor, w2: torch
     """`F.linear(F.gelu(F.linear(x, w1, b1)), w2, b2) (+ shortcut)` over the last dimension of contiguous
     channels-last activations, differentiable; through oneDNN on CPU in fp32, through autograd elsewhere."""
     shape = x.shape
+    # Under torch.compile the plain ops run: Inductor fuses them itself and cannot lower oneDNN's linear with a
+    # weight that is not a graph constant.
     if not (onednn_fusion(x) and x.dtype == torch.float32 and x.is_contiguous() and w1.dtype == torch.float32
-            and (shortcut is None or shortcut.is_contiguous()) and not torch.is_autocast_enabled("cpu")):
+            and (shortcut is None or shortcut.is_contiguous()) and not torch.is_autocast_enabled("cpu")
+            and not torch.compiler.is_compiling()):
         y = F.linear(F.gelu(F.linear(x, w1, b1)), w2, b2)
         return y if shortcut is None else shortcut + y
     flat = shortcut.reshape(-1, shape[-1]) if shortcut is not None else None
-    return _PointwiseMLP.apply(x.reshape(-1, shape[-1]), flat, w1, b1, w2, b2).view(shape)
+    return _PointwiseMLP.apply(x.reshape(-1, shape[-1]), flat, w1.contiguous(), b1, w2.contiguous(), b2).view(shape)
