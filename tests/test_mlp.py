@@ -43,3 +43,16 @@ def test_non_contiguous_input_and_double_backward():
     (g,) = torch.autograd.grad(y.sum(), w1, create_graph=True)
     with pytest.raises(RuntimeError):
         g.sum().backward()  # the hand-written backward has no backward of its own: an error, not a wrong number
+
+
+def test_only_needed_gradients_are_computed():
+    # A frozen pwconv1 (fine-tuning with some layers fixed) gets no gradient, the others the autograd ones.
+    x, sc, w1, b1, w2, b2 = _inputs()
+    w1.requires_grad_(False), b1.requires_grad_(False), x.requires_grad_(False)
+    pointwise_mlp(x, w1, b1, w2, b2, shortcut=sc).sum().backward()
+    assert w1.grad is None and b1.grad is None and x.grad is None
+    got = (w2.grad.clone(), sc.grad.clone())
+    w2.grad = sc.grad = None
+    (F.linear(F.gelu(F.linear(x, w1, b1)), w2, b2) + sc).sum().backward()
+    torch.testing.assert_close(got[0], w2.grad, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(got[1], sc.grad)

@@ -4,7 +4,7 @@ glibc serves every block over its mmap threshold (at most 32 MB) with a fresh `m
 ConvNeXt's activations are far larger (stage 0 of ConvNeXt-T at batch 32: 154 MB for one 4C-wide tensor), so
 each training step maps, page-faults and zeroes gigabytes anew, and at two threads the page faults serialise
 on the kernel's memory-map lock. With mmap off and heap trimming off, freed blocks are reused: a ConvNeXt-T
-fp32 training step on 2 cores went from 5.9 to 9.4 img/s (and timm's from 5.5 to 8.6; docs/speed.md).
+fp32 training step on 2 cores went from 7.3 to 10.3 img/s (and timm's from 5.6 to 8.8; benchmarks/RESULTS.md).
 The cost: the process keeps its peak heap for its lifetime, as PyTorch's CUDA caching allocator does on GPUs.
 """
 

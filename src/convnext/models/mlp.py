@@ -4,8 +4,8 @@ Autograd's Linear runs `addmm`, whose GEMM is slow for the thin matrices of Conv
 of ConvNeXt-T (batch 32, C = 96) pwconv1's forward took 58 ms as `addmm` and 24 ms as oneDNN's matmul, on 2
 threads (docs/speed.md). `pointwise_mlp` runs the forward pass through oneDNN (`torch.ops.mkldnn.
 _linear_pointwise`, with the residual add fused into pwconv2 when there is no drop path) and writes the
-backward pass by hand: the same GEMMs autograd would run, and GELU's gradient written over the saved
-pre-activation instead of into a new 4C-wide tensor.
+backward pass by hand: the GEMMs autograd would run, the weight gradients in their faster orientation
+(x^T dh: 26 ms against 32 ms for dh^T x at stage 0), and only the gradients that are needed.
 """
 
 from __future__ import annotations
@@ -41,19 +41,23 @@ class _PointwiseMLP(torch.autograd.Function):
         else:
             y = torch.ops.mkldnn._linear_pointwise.binary(a, shortcut, w2, b2, "add")
         ctx.save_for_backward(x, h, a, w1, w2)
-        ctx.has_shortcut = shortcut is not None
         return y
 
     @staticmethod
     @once_differentiable  # the hand-written backward is not itself differentiable: double backward raises
     def backward(ctx, dy: torch.Tensor):
         x, h, a, w1, w2 = ctx.saved_tensors
+        need_x, need_shortcut, need_w1, need_b1, need_w2, need_b2 = ctx.needs_input_grad
         dy = dy.contiguous()
-        dw2, db2 = dy.t().mm(a), dy.sum(0)
-        dh = torch.ops.aten.gelu_backward(dy.mm(w2), h)
-        dw1, db1 = x.t().mm(dh).t(), dh.sum(0)
-        dx = dh.mm(w1)
-        return dx, (dy if ctx.has_shortcut else None), dw1, db1, dw2, db2
+        dx = dw1 = db1 = None
+        dw2 = dy.t().mm(a) if need_w2 else None
+        db2 = dy.sum(0) if need_b2 else None
+        if need_x or need_w1 or need_b1:
+            dh = torch.ops.aten.gelu_backward(dy.mm(w2), h)
+            dw1 = x.t().mm(dh).t() if need_w1 else None
+            db1 = dh.sum(0) if need_b1 else None
+            dx = dh.mm(w1) if need_x else None
+        return dx, (dy if need_shortcut else None), dw1, db1, dw2, db2
 
 
 def pointwise_mlp(x: torch.Tensor, w1: torch.Tensor, b1: torch.Tensor, w2: torch.Tensor, b2: torch.Tensor,
