@@ -1,6 +1,8 @@
 """`convnext benchmark`: the protocol's fields and values, memory accounting, JSON and PNG output."""
 
 import json
+import os
+import platform
 
 import pytest
 import torch
@@ -19,6 +21,9 @@ def test_cli_writes_json_and_png(run_cli, tmp_path):
     report = json.loads((tmp_path / "r.json").read_text())
     assert (tmp_path / "r.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert report["env"]["threads"] == 1 and report["env"]["torch"] == torch.__version__
+    # every `convnext` command tunes malloc at start (convnext/malloc.py), and the report says so
+    tunable = platform.libc_ver()[0] == "glibc" and not os.environ.get("CONVNEXT_NO_MALLOC_TUNING")
+    assert report["env"]["malloc_tuned"] is tunable
     assert set(report["peaks_gflops"]) == {"fp32", "bf16"} and all(v > 0 for v in report["peaks_gflops"].values())
     results = report["results"]
     assert [(r["model"], r["mode"], r["precision"]) for r in results] == [

@@ -113,7 +113,7 @@ class Block(nn.Module):
             y = depthwise_conv(x, self.dwconv).permute(0, 2, 3, 1)
         y = self.norm(y)
         w2, b2 = self._pwconv2_with_gamma()
-        if isinstance(self.drop_path, nn.Identity):  # nothing between pwconv2 and the add: fuse them
+        if self._drop_path_inactive():  # nothing between pwconv2 and the add: fuse them
             return pointwise_mlp(y, self.pwconv1.weight, self.pwconv1.bias, w2, b2,
                                  shortcut=x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
         y = pointwise_mlp(y, self.pwconv1.weight, self.pwconv1.bias, w2, b2)
@@ -124,6 +124,10 @@ class Block(nn.Module):
         (folded, cached weights; fused ops with no backward) are then exact stand-ins for the reference."""
         if torch.is_grad_enabled() and any(p.requires_grad for p in self.parameters()):
             return False
+        return self._drop_path_inactive()
+
+    def _drop_path_inactive(self) -> bool:
+        """No stochastic depth is drawn: rate 0, or eval mode (timm's DropPath is the identity there)."""
         return not self.training or isinstance(self.drop_path, nn.Identity)
 
     def _forward_inference(self, x: torch.Tensor) -> torch.Tensor:

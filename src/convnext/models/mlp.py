@@ -67,7 +67,7 @@ def pointwise_mlp(x: torch.Tensor, w1: torch.Tensor, b1: torch.Tensor, w2: torch
     shape = x.shape
     # Under torch.compile the plain ops run: Inductor fuses them itself and cannot lower oneDNN's linear with a
     # weight that is not a graph constant.
-    if not (onednn_fusion(x) and x.dtype == torch.float32 and x.is_contiguous() and w1.dtype == torch.float32
+    if not (onednn_fusion(x) and x.dtype == w1.dtype == torch.float32 and x.is_contiguous()
             and (shortcut is None or shortcut.is_contiguous()) and not torch.is_autocast_enabled("cpu")
             and not torch.compiler.is_compiling()):
         y = F.linear(F.gelu(F.linear(x, w1, b1)), w2, b2)
