@@ -36,6 +36,26 @@ def test_evaluate_sums_over_batches():
     assert r["loss"] == pytest.approx(torch.nn.functional.cross_entropy(logits, targets).item(), rel=1e-5)
 
 
+def test_hflip_tta_scores_the_mean_of_image_and_mirror():
+    class LeftRight(torch.nn.Module):
+        # class 0 scores the left half's brightness, class 1 the right half's: the mirror swaps them
+        def forward(self, x):
+            w = x.shape[3] // 2
+            return torch.stack([x[..., :w].mean((1, 2, 3)), x[..., w:].mean((1, 2, 3)) + 0.1], 1) * 10
+
+    x = torch.zeros(4, 1, 2, 4)
+    x[:2, ..., :2] = 1.0  # bright left: class 0 alone, class 1 (by the 0.1 bias) once mirrored and averaged
+    targets = torch.tensor([0, 0, 1, 1])
+    plain = evaluate(LeftRight(), [(x, targets)])
+    tta = evaluate(LeftRight(), [(x, targets)], tta="hflip")
+    assert plain["top1"] == 100.0 and tta["top1"] == 50.0
+    logits = LeftRight()(x)
+    mean_p = (logits.softmax(1) + LeftRight()(x.flip(3)).softmax(1)) / 2
+    assert tta["loss"] == pytest.approx(torch.nn.functional.nll_loss(mean_p.log(), targets).item(), rel=1e-6)
+    with pytest.raises(ValueError, match="hflip"):
+        evaluate(LeftRight(), [(x, targets)], tta="vflip")
+
+
 TINY = ["--set", "model.kwargs.dims=[8,16,32]", "--set", "model.kwargs.depths=[1,1,1]",
         "--set", "data.limit_train=256", "--set", "data.limit_val=256", "--set", "optim.batch_size=64",
         "--set", "optim.reference_batch=64", "--set", "optim.epochs=2", "--set", "run.progress=false",
@@ -73,6 +93,10 @@ def test_train_then_eval_cli(tmp_path, capsys, _keep_threads):
     assert out["top1"] == pytest.approx(summary["best_top1"], abs=1e-6)  # same images, same transform
     assert out["ema_top1"] == pytest.approx(summary["best_ema_top1"], abs=1e-6)
     assert out["top1"] > 18  # 8 steps learn something on 10 classes (chance: 10%, 256 images)
+    assert main(["eval", "--weights", str(run / "best.pt"), "--limit", "256", "--json", "--workers", "0",
+                 "--tta", "hflip"]) == 0
+    out_tta = json.loads(capsys.readouterr().out)
+    assert out_tta["tta"] == "hflip" and out_tta["n"] == 256 and out_tta["loss"] != out["loss"]
 
 
 def test_eval_of_missing_or_foreign_weights_says_what_to_do(tmp_path):

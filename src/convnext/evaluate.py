@@ -26,16 +26,23 @@ def topk_correct(logits: torch.Tensor, targets: torch.Tensor, ks: tuple[int, ...
     return [int(hit[:, :min(k, maxk)].any(dim=1).sum()) for k in ks]
 
 
+TTA_MODES = ("none", "hflip")
+
+
 @torch.no_grad()
 def evaluate(model: nn.Module, loader, device: torch.device | str = "cpu", amp_dtype: torch.dtype | None = None,
-             channels_last: bool = False) -> dict[str, float]:
+             channels_last: bool = False, tta: str = "none") -> dict[str, float]:
     """Top-1, top-5 (percent) and mean cross-entropy of `model` over `loader`, summed over all ranks.
 
     `loader` yields `(images, targets)` or `(images, targets, bad_paths)`; under torchrun each rank should
     see its own shard (no padding duplicates), and the counts are all-reduced so every rank gets the total.
+    `tta="hflip"` scores each image by the mean of its and its mirror image's class probabilities (the loss is
+    then the cross-entropy of that mean), for models trained with horizontal flips.
     """
     from .train.distributed import all_reduce_sum
 
+    if tta not in TTA_MODES:
+        raise ValueError(f"Unknown test-time augmentation {tta!r}: use one of {', '.join(TTA_MODES)}")
     device = torch.device(device)
     was_training = model.training
     model.eval()
@@ -50,8 +57,10 @@ def evaluate(model: nn.Module, loader, device: torch.device | str = "cpu", amp_d
         if channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         with autocast:
-            logits = model(x)
-        logits = logits.float()
+            logits = model(x).float()
+            if tta == "hflip":
+                # log of the mean probability: top-k and cross-entropy below then score the averaged prediction
+                logits = (logits.softmax(1) + model(x.flip(3)).float().softmax(1)).mul(0.5).log()
         c1, c5 = topk_correct(logits, y)
         top1, top5, n = top1 + c1, top5 + c5, n + len(y)
         loss += float(F.cross_entropy(logits, y, reduction="sum"))
@@ -108,6 +117,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "or 224)")
     parser.add_argument("--crop-pct", type=float, default=None,
                         help="resize to size/crop_pct and center-crop (default: 0.875 below 384, squash at 384+)")
+    parser.add_argument("--tta", choices=TTA_MODES, default="none",
+                        help="test-time augmentation: 'hflip' averages the predictions for each image and its mirror")
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--limit", type=int, default=None, help="evaluate only the first N images")
@@ -148,18 +159,18 @@ def main(args: argparse.Namespace) -> int:
     loader = torch.utils.data.DataLoader(SeededDataset(val), batch_size=args.batch_size, num_workers=args.workers,
                                          collate_fn=collate_skipping)
     model.to(device)
-    results = {"weights": args.weights, **evaluate(model, loader, device)}
+    results = {"weights": args.weights, "tta": args.tta, **evaluate(model, loader, device, tta=args.tta)}
     ema_path = args.ema or (str(Path(args.weights).with_name("best_ema.pt"))
                             if Path(args.weights).name == "best.pt" else None)
     if ema_path and Path(ema_path).exists():
         ema_model, _ = load_for_eval(ema_path, args.model)
-        ema = evaluate(ema_model.to(device), loader, device)
+        ema = evaluate(ema_model.to(device), loader, device, tta=args.tta)
         results.update(ema_top1=ema["top1"], ema_top5=ema["top5"], ema_weights=ema_path)
     if args.json:
         print(json.dumps(results))
     else:
         print(f"{args.weights}: top-1 {results['top1']:.2f}%  top-5 {results['top5']:.2f}%  "
-              f"({results['n']} images)")
+              f"({results['n']} images{', hflip TTA' if args.tta == 'hflip' else ''})")
         if "ema_top1" in results:
             print(f"{ema_path} (EMA): top-1 {results['ema_top1']:.2f}%  top-5 {results['ema_top5']:.2f}%")
     return 0
