@@ -174,6 +174,50 @@ def test_fused_inference_tiles_cover_every_pixel():
         torch.testing.assert_close(fast(x), ref(x), rtol=1e-5, atol=1e-5)
 
 
+def test_fused_inference_splits_only_batches_over_the_mmap_ceiling(monkeypatch):
+    from convnext.models import convnext as convnext_module
+
+    # ConvNeXt-T at batch 32, 224 x 224: 38.5 MB per stage-0 activation in fp32, 19 MB in bf16
+    tiny = create_model("convnext_tiny", num_classes=0).eval()
+    with torch.inference_mode():
+        assert tiny._inference_chunks(torch.empty(32, 3, 224, 224)) == 2
+        assert tiny._inference_chunks(torch.empty(32, 3, 224, 224, dtype=torch.bfloat16)) == 1
+    ref, fast = _pair("hierarchical", "fused")
+    ref.eval(), fast.eval()
+    x = torch.randn(5, 3, 64, 64)  # stem output 16 x 16 x 16 fp32 = 16 KiB per image
+    with torch.inference_mode():
+        assert fast._inference_chunks(x) == 1  # 80 KiB: far under glibc's 32 MiB
+        expected = ref(x)
+        monkeypatch.setattr(convnext_module, "_MMAP_CEILING_BYTES", 40 * 2**10)
+        assert fast._inference_chunks(x) == 2
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            assert fast._inference_chunks(x) == 1  # bf16 halves the activation
+        _close(fast(x), expected)
+        assert ref._inference_chunks(x) == 1  # only the fused path splits
+    assert fast._inference_chunks(x) == 1  # autograd on: a backward needs the whole batch's graph
+    with torch.no_grad():
+        assert fast.train()._inference_chunks(x) == 1
+
+
+def test_model_copies_and_pickles_after_fused_inference():
+    # the fp32 cache holds oneDNN's opaque packed weights, which themselves cannot be copied or saved
+    import io
+
+    _, fast = _pair("hierarchical", "fused")
+    x = torch.randn(2, 3, 64, 64)
+    with torch.inference_mode():
+        expected = fast.eval()(x)
+    assert any(b._inference_cache for b in fast.modules() if isinstance(b, Block))
+    twin = copy.deepcopy(fast)
+    buffer = io.BytesIO()
+    torch.save(fast, buffer)
+    buffer.seek(0)
+    loaded = torch.load(buffer, weights_only=False)
+    with torch.inference_mode():
+        for m in (twin, loaded, fast):
+            torch.testing.assert_close(m(x), expected, rtol=0, atol=0)
+
+
 def test_cache_is_reused_while_weights_stay():
     _, fast = _pair("hierarchical", "fused")
     block = fast.stages[0][0]

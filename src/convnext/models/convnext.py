@@ -10,6 +10,11 @@ from torch.utils.checkpoint import checkpoint
 
 from .layers import COMPUTE_PATHS, Block, LayerNorm2d
 
+# glibc serves every allocation over 32 MiB (its largest mmap threshold) with a fresh mmap and unmaps it on free,
+# so a full-batch activation over it (38.5 MB for ConvNeXt-T at batch 32 in fp32) page-faults afresh in every
+# block. The fused CPU inference path runs such a batch in pieces under it, which reuse the heap instead.
+_MMAP_CEILING_BYTES = 32 * 2**20
+
 
 class ConvNeXtBase(nn.Module):
     """What the hierarchical and isotropic ConvNeXt share: the head (pool -> LN -> Linear), the
@@ -130,6 +135,25 @@ class ConvNeXt(ConvNeXtBase):
         if self.grad_checkpointing and torch.is_grad_enabled():
             return checkpoint(self.stages[i], x, use_reentrant=False)
         return self.stages[i](x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        chunks = self._inference_chunks(x)
+        if chunks == 1:
+            return super().forward(x)
+        # Images are independent at inference (LayerNorm is per pixel), so the pieces give the batch's logits.
+        return torch.cat([ConvNeXtBase.forward(self, piece) for piece in x.chunk(chunks)])
+
+    def _inference_chunks(self, x: torch.Tensor) -> int:
+        """Pieces the batch runs in: more than 1 only on the fused CPU inference path (no autograd, eval mode)
+        when the first stage's activation would exceed `_MMAP_CEILING_BYTES` (docs/speed.md)."""
+        if (x.device.type != "cpu" or x.dim() != 4 or self.training or torch.compiler.is_compiling()
+                or resolve_compute_path(self.compute_path, x.device) != "fused"
+                or (torch.is_grad_enabled() and any(p.requires_grad for p in self.parameters()))):
+            return 1
+        dtype = torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else x.dtype
+        stride = self.downsample_layers[0][0].stride
+        per_image = self.dims[0] * (x.shape[2] // stride[0]) * (x.shape[3] // stride[1]) * dtype.itemsize
+        return max(1, min(x.shape[0], -(-x.shape[0] * per_image // _MMAP_CEILING_BYTES)))
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """The last stage's feature map (N, C3, H/32, W/32)."""
