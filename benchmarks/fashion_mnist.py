@@ -1,5 +1,6 @@
 """Time the main job: `convnext train` on Fashion-MNIST (default recipe or another), end to end, and record
-the command, wall-clock, accuracy, per-epoch time and machine load in benchmarks/fashion_mnist_results.jsonl.
+the command, wall-clock, accuracy (also with `convnext eval --tta hflip` on the final weights), per-epoch time and
+machine load in benchmarks/fashion_mnist_results.jsonl.
 
     PYTHONPATH=src python benchmarks/fashion_mnist.py                      # the default recipe
     PYTHONPATH=src python benchmarks/fashion_mnist.py --recipe fashion_mnist_long --set optim.epochs=30
@@ -47,6 +48,14 @@ def main() -> int:
             return r.returncode
         run = Path(out) / "bench"
         summary = json.loads((run / "summary.json").read_text())
+        # The final weights again with the flip test-time augmentation (`convnext eval --tta hflip`), outside
+        # the timed training: the model and its EMA from the last checkpoint.
+        tta = subprocess.run([sys.executable, "-m", "convnext", "eval", "--weights", str(max(run.glob("last-*.pt"))),
+                              "--tta", "hflip", "--json", "--workers", "1"], text=True, capture_output=True)
+        if tta.returncode != 0:
+            print(tta.stderr, file=sys.stderr)
+            return tta.returncode
+        tta = json.loads(tta.stdout)
         epochs = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
         epochs = [e for e in epochs if e["type"] == "epoch"]
         record = {
@@ -56,6 +65,7 @@ def main() -> int:
             "wall_s": round(wall, 1), "train_s": round(summary["train_time_s"], 1),
             "epochs": summary["epochs"], "top1": summary["final_top1"], "ema_top1": summary["final_ema_top1"],
             "best_top1": summary["best_top1"], "best_ema_top1": summary["best_ema_top1"],
+            "hflip_tta_top1": tta["top1"], "hflip_tta_ema_top1": tta.get("ema_top1"),
             "epoch_s": [round(e["epoch_time_s"], 1) for e in epochs],
             "top1_per_epoch": [round(e["top1"], 2) for e in epochs],
             "ema_top1_per_epoch": [round(e.get("ema_top1", 0.0), 2) for e in epochs],
@@ -72,10 +82,12 @@ def print_table() -> None:
     if not RESULTS.exists():
         return
     rows = [json.loads(x) for x in RESULTS.read_text().splitlines() if x.strip()]
-    print(f"{'date':18s} {'command':60s} {'epochs':>6s} {'wall min':>8s} {'top-1':>6s} {'EMA':>6s} {'load':>5s}")
+    print(f"{'date':18s} {'command':60s} {'epochs':>6s} {'wall min':>8s} {'top-1':>6s} {'EMA':>6s} "
+          f"{'TTA':>6s} {'load':>5s}")
     for r in rows:
+        tta = f"{r['hflip_tta_top1']:6.2f}" if "hflip_tta_top1" in r else f"{'-':>6s}"
         print(f"{r['date']:18s} {r['command'][:60]:60s} {r['epochs']:6d} {r['wall_s'] / 60:8.1f} "
-              f"{r['top1']:6.2f} {r['ema_top1'] or 0:6.2f} {r['loadavg_start'][0]:5.1f}")
+              f"{r['top1']:6.2f} {r['ema_top1'] or 0:6.2f} {tta} {r['loadavg_start'][0]:5.1f}")
 
 
 if __name__ == "__main__":

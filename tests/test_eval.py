@@ -97,6 +97,13 @@ def test_train_then_eval_cli(tmp_path, capsys, _keep_threads):
                  "--tta", "hflip"]) == 0
     out_tta = json.loads(capsys.readouterr().out)
     assert out_tta["tta"] == "hflip" and out_tta["n"] == 256 and out_tta["loss"] != out["loss"]
+    # a full training checkpoint carries the EMA weights too: the final EMA is evaluated from it
+    last = max(run.glob("last-*.pt"))
+    assert main(["eval", "--weights", str(last), "--limit", "256", "--json", "--workers", "0"]) == 0
+    out_last = json.loads(capsys.readouterr().out)
+    final = [e for e in epochs if e["type"] == "epoch"][-1]
+    assert out_last["top1"] == pytest.approx(final["top1"], abs=1e-6)
+    assert out_last["ema_top1"] == pytest.approx(final["ema_top1"], abs=1e-6)
 
 
 def test_eval_of_missing_or_foreign_weights_says_what_to_do(tmp_path):

@@ -72,9 +72,10 @@ def evaluate(model: nn.Module, loader, device: torch.device | str = "cpu", amp_d
 
 
 def load_for_eval(weights: str, model_name: str | None = None, num_classes: int | None = None,
-                  in_chans: int | None = None) -> tuple[nn.Module, dict[str, Any]]:
+                  in_chans: int | None = None, ema: bool = False) -> tuple[nn.Module, dict[str, Any]]:
     """A model with `weights`: a training checkpoint of ours (rebuilt from the config inside it) or any layout
-    `create_model(name, pretrained=path)` reads (then `model_name` is needed). Returns (model, config dict)."""
+    `create_model(name, pretrained=path)` reads (then `model_name` is needed). Returns (model, config dict).
+    `ema=True` loads the EMA weights a full training checkpoint (`last-*.pt`) carries beside the model's."""
     from .models.registry import create_model
 
     path = Path(weights)
@@ -94,7 +95,9 @@ def load_for_eval(weights: str, model_name: str | None = None, num_classes: int 
         if m.get("layer_scale_init_value") is not None:
             kwargs["layer_scale_init_value"] = m["layer_scale_init_value"]
         model = create_model(model_name or m["name"], **kwargs)
-        model.load_state_dict(ck["model"])
+        if ema and ck.get("ema") is None:
+            raise ValueError(f"{path} holds no EMA weights (only last-*.pt checkpoints of EMA runs do)")
+        model.load_state_dict(ck["ema"] if ema else ck["model"])
         return model, cfg
     if not model_name:
         raise ValueError(f"{path} is not a convnext training checkpoint: pass --model NAME (e.g. convnext_tiny)")
@@ -112,7 +115,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--split", default="val", help="sub-folder of --data to evaluate (default: val)")
     parser.add_argument("--model", default=None, help="model name, for weights that are not our checkpoints")
     parser.add_argument("--ema", default=None,
-                        help="also evaluate these EMA weights (default: best_ema.pt beside a best.pt)")
+                        help="also evaluate these EMA weights (default: best_ema.pt beside a best.pt, or the EMA "
+                             "inside a last-*.pt checkpoint)")
     parser.add_argument("--input-size", type=int, default=None, help="eval resolution (default: the checkpoint's "
                         "or 224)")
     parser.add_argument("--crop-pct", type=float, default=None,
@@ -162,8 +166,16 @@ def main(args: argparse.Namespace) -> int:
     results = {"weights": args.weights, "tta": args.tta, **evaluate(model, loader, device, tta=args.tta)}
     ema_path = args.ema or (str(Path(args.weights).with_name("best_ema.pt"))
                             if Path(args.weights).name == "best.pt" else None)
+    ema_model = None
     if ema_path and Path(ema_path).exists():
         ema_model, _ = load_for_eval(ema_path, args.model)
+    elif ema_path is None and cfg:
+        try:
+            ema_model, _ = load_for_eval(args.weights, args.model, ema=True)
+            ema_path = f"{args.weights} (its EMA weights)"
+        except ValueError:  # weights-only files (best.pt) and runs without EMA carry none
+            pass
+    if ema_model is not None:
         ema = evaluate(ema_model.to(device), loader, device, tta=args.tta)
         results.update(ema_top1=ema["top1"], ema_top5=ema["top5"], ema_weights=ema_path)
     if args.json:
