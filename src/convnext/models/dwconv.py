@@ -113,6 +113,19 @@ def _load_kernel():
     return _kernel
 
 
+@torch.library.custom_op("convnext::dw_weight_grad", mutates_args=())
+def _dw_weight_grad(x: torch.Tensor, grad: torch.Tensor, k: int) -> torch.Tensor:
+    # A registered op rather than a bare pybind call, so torch.compile traces the backward without a graph break.
+    # The kernel takes NHWC views itself (no copy when both are channels_last); its (C, 1, k, k) result is a
+    # transposed view, made contiguous like the weight (C * k * k floats).
+    return _kernel(x, grad, k).contiguous()
+
+
+@_dw_weight_grad.register_fake
+def _(x: torch.Tensor, grad: torch.Tensor, k: int) -> torch.Tensor:
+    return x.new_empty((x.shape[1], 1, k, k))
+
+
 class _DepthwiseConv(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, k: int) -> torch.Tensor:
@@ -130,7 +143,7 @@ class _DepthwiseConv(torch.autograd.Function):
             grad_x = torch.ops.aten.convolution_backward(
                 grad, x, weight, None, [1, 1], [k // 2] * 2, [1, 1], False, [0, 0], c, [True, False, False])[0]
         if ctx.needs_input_grad[1]:
-            grad_w = _kernel(x, grad, k)  # it takes NHWC views itself: no copy when both are channels_last
+            grad_w = _dw_weight_grad(x, grad, k)
         if ctx.has_bias and ctx.needs_input_grad[2]:
             grad_b = grad.sum((0, 2, 3))
         return grad_x, grad_w, grad_b, None
