@@ -21,6 +21,7 @@ import time
 from pathlib import Path
 
 from convnext.benchmark import cpu_name
+from convnext.train.state import CheckpointManager
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "fashion_mnist_results.jsonl"
@@ -50,8 +51,9 @@ def main() -> int:
         summary = json.loads((run / "summary.json").read_text())
         # The final weights again with the flip test-time augmentation (`convnext eval --tta hflip`), outside
         # the timed training: the model and its EMA from the last checkpoint.
-        tta = subprocess.run([sys.executable, "-m", "convnext", "eval", "--weights", str(max(run.glob("last-*.pt"))),
-                              "--tta", "hflip", "--json", "--workers", "1"], text=True, capture_output=True)
+        last = CheckpointManager(run).latest()
+        tta = subprocess.run([sys.executable, "-m", "convnext", "eval", "--weights", str(last), "--tta", "hflip",
+                              "--json", "--workers", "1"], text=True, capture_output=True)
         if tta.returncode != 0:
             print(tta.stderr, file=sys.stderr)
             return tta.returncode

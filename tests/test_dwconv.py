@@ -21,6 +21,13 @@ def test_the_kernel_builds_on_this_machine():
     assert dwconv._load_kernel() is not None
 
 
+def test_the_custom_op_is_registered_correctly():
+    # schema, fake (shape-only) kernel and real kernel agree, as torch.compile relies on
+    x = torch.randn(2, 24, 9, 10).contiguous(memory_format=torch.channels_last)
+    g = torch.randn_like(x)
+    torch.library.opcheck(torch.ops.convnext.dw_weight_grad.default, (x, g, 7))
+
+
 @pytest.mark.parametrize("threads", [1, 2])
 @pytest.mark.parametrize("shape,k", [((3, 40, 9, 11), 7), ((2, 96, 14, 14), 7), ((4, 17, 5, 6), 5),
                                      ((2, 64, 3, 3), 9), ((1, 130, 8, 8), 7)])

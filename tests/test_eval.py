@@ -54,6 +54,17 @@ def test_hflip_tta_scores_the_mean_of_image_and_mirror():
     assert tta["loss"] == pytest.approx(torch.nn.functional.nll_loss(mean_p.log(), targets).item(), rel=1e-6)
     with pytest.raises(ValueError, match="hflip"):
         evaluate(LeftRight(), [(x, targets)], tta="vflip")
+    with pytest.raises(ValueError, match="3-D input"):
+        evaluate(LeftRight(), [(x[:, 0], targets)], tta="hflip")
+
+    class Confident(LeftRight):
+        def forward(self, x):
+            return super().forward(x) * 1000
+
+    # dark images scored [0, 1000] on both views, labelled 0: both softmaxes underflow to 0 for the label,
+    # yet the loss stays finite (log-space mean)
+    far = evaluate(Confident(), [(x[2:], torch.tensor([0, 0]))], tta="hflip")
+    assert far["top1"] == 0.0 and far["loss"] == pytest.approx(1000.0, rel=1e-4)
 
 
 TINY = ["--set", "model.kwargs.dims=[8,16,32]", "--set", "model.kwargs.depths=[1,1,1]",
@@ -98,7 +109,9 @@ def test_train_then_eval_cli(tmp_path, capsys, _keep_threads):
     out_tta = json.loads(capsys.readouterr().out)
     assert out_tta["tta"] == "hflip" and out_tta["n"] == 256 and out_tta["loss"] != out["loss"]
     # a full training checkpoint carries the EMA weights too: the final EMA is evaluated from it
-    last = max(run.glob("last-*.pt"))
+    from convnext.train.state import CheckpointManager
+
+    last = CheckpointManager(run).latest()
     assert main(["eval", "--weights", str(last), "--limit", "256", "--json", "--workers", "0"]) == 0
     out_last = json.loads(capsys.readouterr().out)
     final = [e for e in epochs if e["type"] == "epoch"][-1]

@@ -177,26 +177,33 @@ def test_fused_inference_tiles_cover_every_pixel():
 def test_fused_inference_splits_only_batches_over_the_mmap_ceiling(monkeypatch):
     from convnext.models import convnext as convnext_module
 
-    # ConvNeXt-T at batch 32, 224 x 224: 38.5 MB per stage-0 activation in fp32, 19 MB in bf16
+    # ConvNeXt-T at batch 32, 224 x 224: 38.5 MB per stage-0 activation in fp32 (two pieces), 19 MB in bf16
     tiny = create_model("convnext_tiny", num_classes=0).eval()
     with torch.inference_mode():
-        assert tiny._inference_chunks(torch.empty(32, 3, 224, 224)) == 2
-        assert tiny._inference_chunks(torch.empty(32, 3, 224, 224, dtype=torch.bfloat16)) == 1
+        assert tiny._inference_pieces(torch.empty(32, 3, 224, 224)) == 2
+        assert tiny._inference_pieces(torch.empty(32, 3, 224, 224, dtype=torch.bfloat16)) is None
     ref, fast = _pair("hierarchical", "fused")
     ref.eval(), fast.eval()
-    x = torch.randn(5, 3, 64, 64)  # stem output 16 x 16 x 16 fp32 = 16 KiB per image
+    x = torch.randn(7, 3, 64, 64)  # stem output 16 x 16 x 16 fp32 = 16 KiB per image
     with torch.inference_mode():
-        assert fast._inference_chunks(x) == 1  # 80 KiB: far under glibc's 32 MiB
+        assert fast._inference_pieces(x) is None  # 112 KiB: far under glibc's 32 MiB
         expected = ref(x)
-        monkeypatch.setattr(convnext_module, "_MMAP_CEILING_BYTES", 40 * 2**10)
-        assert fast._inference_chunks(x) == 2
-        with torch.autocast("cpu", dtype=torch.bfloat16):
-            assert fast._inference_chunks(x) == 1  # bf16 halves the activation
+        monkeypatch.setattr(convnext_module, "_MMAP_CEILING_BYTES", 50 * 2**10)  # 3 images fit
+        assert fast._inference_pieces(x) == 3  # the fewest pieces that fit
+        seen = []
+        hook = fast.stages[0].register_forward_hook(lambda m, i, o: seen.append(o.shape[0]))
         _close(fast(x), expected)
-        assert ref._inference_chunks(x) == 1  # only the fused path splits
-    assert fast._inference_chunks(x) == 1  # autograd on: a backward needs the whole batch's graph
+        hook.remove()
+        assert seen == [3, 2, 2]
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            assert fast._inference_pieces(x) == 2  # bf16 halves the activation: 6 images fit
+        assert ref._inference_pieces(x) is None  # only the fused path splits
+        monkeypatch.setattr(convnext_module, "_MMAP_CEILING_BYTES", 10 * 2**10)
+        assert fast._inference_pieces(x) is None  # one image alone is over it: splitting gains nothing
+        monkeypatch.setattr(convnext_module, "_MMAP_CEILING_BYTES", 50 * 2**10)
+    assert fast._inference_pieces(x) is None  # autograd on: a backward needs the whole batch's graph
     with torch.no_grad():
-        assert fast.train()._inference_chunks(x) == 1
+        assert fast.train()._inference_pieces(x) is None
 
 
 def test_model_copies_and_pickles_after_fused_inference():
@@ -272,3 +279,13 @@ def test_compiled_fused_training_matches_reference():
     grads = dict(ref.named_parameters())
     for name, p in fast.named_parameters():
         torch.testing.assert_close(p.grad, grads[name].grad, rtol=1e-3, atol=1e-4, msg=lambda m, n=name: f"{n}: {m}")
+
+
+def test_compiled_fused_inference_matches_reference():
+    # `run.compile` evaluates torch.compile(model) in eval mode under no_grad: the fused inference branch with
+    # its folded weights, compiled (oneDNN's packed weights stay out of the graph)
+    ref, fast = _pair("hierarchical", "fused")
+    ref.eval(), fast.eval()
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        _close(torch.compile(fast)(x), ref(x), atol=1e-4)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 from contextlib import nullcontext
 from pathlib import Path
@@ -26,7 +27,7 @@ def topk_correct(logits: torch.Tensor, targets: torch.Tensor, ks: tuple[int, ...
     return [int(hit[:, :min(k, maxk)].any(dim=1).sum()) for k in ks]
 
 
-TTA_MODES = ("none", "hflip")
+TTA_MODES: tuple[str, ...] = ("none", "hflip")
 
 
 @torch.no_grad()
@@ -56,11 +57,14 @@ def evaluate(model: nn.Module, loader, device: torch.device | str = "cpu", amp_d
         x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
         if channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
+        if tta == "hflip" and x.dim() != 4:
+            raise ValueError(f"tta='hflip' mirrors NCHW image batches; got a {x.dim()}-D input")
         with autocast:
             logits = model(x).float()
             if tta == "hflip":
-                # log of the mean probability: top-k and cross-entropy below then score the averaged prediction
-                logits = (logits.softmax(1) + model(x.flip(3)).float().softmax(1)).mul(0.5).log()
+                # log of the mean probability, in log space so that it stays finite where both views' softmax
+                # underflows: top-k and the cross-entropy below then score the averaged prediction
+                logits = torch.logaddexp(logits.log_softmax(1), model(x.flip(3)).float().log_softmax(1)) - math.log(2)
         c1, c5 = topk_correct(logits, y)
         top1, top5, n = top1 + c1, top5 + c5, n + len(y)
         loss += float(F.cross_entropy(logits, y, reduction="sum"))
@@ -72,10 +76,12 @@ def evaluate(model: nn.Module, loader, device: torch.device | str = "cpu", amp_d
 
 
 def load_for_eval(weights: str, model_name: str | None = None, num_classes: int | None = None,
-                  in_chans: int | None = None, ema: bool = False) -> tuple[nn.Module, dict[str, Any]]:
+                  in_chans: int | None = None) -> tuple[nn.Module, dict[str, Any], nn.Module | None]:
     """A model with `weights`: a training checkpoint of ours (rebuilt from the config inside it) or any layout
-    `create_model(name, pretrained=path)` reads (then `model_name` is needed). Returns (model, config dict).
-    `ema=True` loads the EMA weights a full training checkpoint (`last-*.pt`) carries beside the model's."""
+    `create_model(name, pretrained=path)` reads (then `model_name` is needed).
+
+    Returns (model, config dict, EMA model): the EMA model holds the EMA weights that a full training checkpoint
+    (`last-*.pt` of a run with EMA) carries beside the model's, and is None for every other file."""
     from .models.registry import create_model
 
     path = Path(weights)
@@ -94,17 +100,18 @@ def load_for_eval(weights: str, model_name: str | None = None, num_classes: int 
                       compute_path=m.get("compute_path", "auto"), **m.get("kwargs", {}))
         if m.get("layer_scale_init_value") is not None:
             kwargs["layer_scale_init_value"] = m["layer_scale_init_value"]
-        model = create_model(model_name or m["name"], **kwargs)
-        if ema and ck.get("ema") is None:
-            raise ValueError(f"{path} holds no EMA weights (only last-*.pt checkpoints of EMA runs do)")
-        model.load_state_dict(ck["ema"] if ema else ck["model"])
-        return model, cfg
+        models = []
+        for state in (ck["model"], ck.get("ema")):
+            models.append(None if state is None else create_model(model_name or m["name"], **kwargs))
+            if state is not None:
+                models[-1].load_state_dict(state)
+        return models[0], cfg, models[1]
     if not model_name:
         raise ValueError(f"{path} is not a convnext training checkpoint: pass --model NAME (e.g. convnext_tiny)")
     kw = {} if num_classes is None else {"num_classes": num_classes}
     if in_chans:
         kw["in_chans"] = in_chans
-    return create_model(model_name, pretrained=str(path), **kw), {}
+    return create_model(model_name, pretrained=str(path), **kw), {}, None
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -137,7 +144,7 @@ def main(args: argparse.Namespace) -> int:
 
     device = resolve_device(args.device)
     try:
-        model, cfg = load_for_eval(args.weights, args.model)
+        model, cfg, embedded_ema = load_for_eval(args.weights, args.model)
     except (FileNotFoundError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -168,13 +175,9 @@ def main(args: argparse.Namespace) -> int:
                             if Path(args.weights).name == "best.pt" else None)
     ema_model = None
     if ema_path and Path(ema_path).exists():
-        ema_model, _ = load_for_eval(ema_path, args.model)
-    elif ema_path is None and cfg:
-        try:
-            ema_model, _ = load_for_eval(args.weights, args.model, ema=True)
-            ema_path = f"{args.weights} (its EMA weights)"
-        except ValueError:  # weights-only files (best.pt) and runs without EMA carry none
-            pass
+        ema_model, _, _ = load_for_eval(ema_path, args.model)
+    elif ema_path is None and embedded_ema is not None:
+        ema_model, ema_path = embedded_ema, f"{args.weights} (its EMA weights)"
     if ema_model is not None:
         ema = evaluate(ema_model.to(device), loader, device, tta=args.tta)
         results.update(ema_top1=ema["top1"], ema_top5=ema["top5"], ema_weights=ema_path)

@@ -137,23 +137,32 @@ class ConvNeXt(ConvNeXtBase):
         return self.stages[i](x)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        chunks = self._inference_chunks(x)
-        if chunks == 1:
+        """Logits (N, num_classes), or pooled features when the classifier is an identity.
+
+        On the fused CPU inference path a batch whose stage-0 activation would pass glibc's mmap ceiling runs in
+        equal pieces under it (`_inference_pieces`); forward hooks on submodules then see each piece."""
+        pieces = self._inference_pieces(x)
+        if pieces is None:
             return super().forward(x)
         # Images are independent at inference (LayerNorm is per pixel), so the pieces give the batch's logits.
-        return torch.cat([ConvNeXtBase.forward(self, piece) for piece in x.chunk(chunks)])
+        return torch.cat([ConvNeXtBase.forward(self, piece) for piece in x.tensor_split(pieces)])
 
-    def _inference_chunks(self, x: torch.Tensor) -> int:
-        """Pieces the batch runs in: more than 1 only on the fused CPU inference path (no autograd, eval mode)
-        when the first stage's activation would exceed `_MMAP_CEILING_BYTES` (docs/speed.md)."""
-        if (x.device.type != "cpu" or x.dim() != 4 or self.training or torch.compiler.is_compiling()
-                or resolve_compute_path(self.compute_path, x.device) != "fused"
+    def _inference_pieces(self, x: torch.Tensor) -> int | None:
+        """How many pieces to run the batch in, or None to run it whole. Only the fused CPU inference path (no
+        autograd, eval mode, not traced or compiled) splits, when the stage-0 activation would pass
+        `_MMAP_CEILING_BYTES`: into the fewest pieces under it, equal to within an image (docs/speed.md)."""
+        if (self.training or torch.jit.is_tracing() or torch.compiler.is_compiling()
+                or self.compute_path not in ("auto", "fused") or x.dim() != 4
+                or resolve_compute_path(self.compute_path, x.device) != "fused" or x.device.type != "cpu"
                 or (torch.is_grad_enabled() and any(p.requires_grad for p in self.parameters()))):
-            return 1
+            return None
         dtype = torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else x.dtype
         stride = self.downsample_layers[0][0].stride
         per_image = self.dims[0] * (x.shape[2] // stride[0]) * (x.shape[3] // stride[1]) * dtype.itemsize
-        return max(1, min(x.shape[0], -(-x.shape[0] * per_image // _MMAP_CEILING_BYTES)))
+        fit = _MMAP_CEILING_BYTES // max(per_image, 1)
+        if fit == 0 or x.shape[0] <= fit:  # one image alone over the ceiling: pieces would not avoid it
+            return None
+        return -(-x.shape[0] // fit)  # tensor_split's largest piece, ceil(N / ceil(N / fit)), is at most `fit`
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """The last stage's feature map (N, C3, H/32, W/32)."""

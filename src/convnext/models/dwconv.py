@@ -118,7 +118,11 @@ def _dw_weight_grad(x: torch.Tensor, grad: torch.Tensor, k: int) -> torch.Tensor
     # A registered op rather than a bare pybind call, so torch.compile traces the backward without a graph break.
     # The kernel takes NHWC views itself (no copy when both are channels_last); its (C, 1, k, k) result is a
     # transposed view, made contiguous like the weight (C * k * k floats).
-    return _kernel(x, grad, k).contiguous()
+    kernel = _load_kernel()
+    if kernel is None:
+        raise RuntimeError("convnext::dw_weight_grad needs the compiled depthwise kernel, which could not be built "
+                           "(see the warning above, or unset CONVNEXT_NO_EXTENSION)")
+    return kernel(x, grad, k).contiguous()
 
 
 @_dw_weight_grad.register_fake

@@ -185,9 +185,12 @@ class Block(nn.Module):
             gamma = self.gamma.to(acc)
             w2, b2 = gamma[:, None] * w2, gamma * b2
         weights = tuple(t.detach().to(dtype) for t in (self.dwconv.weight, self.dwconv.bias, w1, b1, w2, b2))
-        if dtype == torch.float32 and onednn_fusion(weights[2]):
+        if key is not None and dtype == torch.float32 and onednn_fusion(weights[2]) \
+                and not torch.compiler.is_compiling():
             # oneDNN's own blocked layout for the pointwise weights, made once here instead of in every fp32
-            # GEMM: ConvNeXt-T's fp32 inference ran 5-6% faster (bf16 gained nothing, docs/speed.md).
+            # GEMM: ConvNeXt-T's fp32 inference ran 5-6% faster (bf16 gained nothing, docs/speed.md). Not for
+            # weights folded afresh per call (no cache key) nor inside torch.compile, which cannot trace the
+            # opaque tensors.
             weights = (*weights[:2], _packed(weights[2]), weights[3], _packed(weights[4]), weights[5])
         if key is not None:
             self._inference_cache[dtype] = (key, weights)
@@ -201,7 +204,9 @@ class Block(nn.Module):
     def __getstate__(self) -> dict:
         # oneDNN's packed weights cannot be copied or pickled; deepcopy and torch.save get an empty cache,
         # which refills on the copy's first inference call.
-        return {**self.__dict__, "_inference_cache": {}}
+        state = super().__getstate__()
+        state["_inference_cache"] = {}
+        return state
 
     def train(self, mode: bool = True) -> Block:
         # Fused optimizers (torch.optim.AdamW(fused=True)) update parameters without bumping the version
