@@ -198,6 +198,7 @@ def test_fused_inference_splits_only_batches_over_the_mmap_ceiling(monkeypatch):
         with torch.autocast("cpu", dtype=torch.bfloat16):
             assert fast._inference_pieces(x) == 2  # bf16 halves the activation: 6 images fit
         assert ref._inference_pieces(x) is None  # only the fused path splits
+        _close(torch.fx.symbolic_trace(ref)(x), expected)  # the check never looks at x on the reference path
         monkeypatch.setattr(convnext_module, "_MMAP_CEILING_BYTES", 10 * 2**10)
         assert fast._inference_pieces(x) is None  # one image alone is over it: splitting gains nothing
         monkeypatch.setattr(convnext_module, "_MMAP_CEILING_BYTES", 50 * 2**10)

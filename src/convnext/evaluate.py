@@ -100,12 +100,12 @@ def load_for_eval(weights: str, model_name: str | None = None, num_classes: int 
                       compute_path=m.get("compute_path", "auto"), **m.get("kwargs", {}))
         if m.get("layer_scale_init_value") is not None:
             kwargs["layer_scale_init_value"] = m["layer_scale_init_value"]
-        models = []
-        for state in (ck["model"], ck.get("ema")):
-            models.append(None if state is None else create_model(model_name or m["name"], **kwargs))
-            if state is not None:
-                models[-1].load_state_dict(state)
-        return models[0], cfg, models[1]
+        def build(state: dict) -> nn.Module:
+            model = create_model(model_name or m["name"], **kwargs)
+            model.load_state_dict(state)
+            return model
+
+        return build(ck["model"]), cfg, (build(ck["ema"]) if ck.get("ema") is not None else None)
     if not model_name:
         raise ValueError(f"{path} is not a convnext training checkpoint: pass --model NAME (e.g. convnext_tiny)")
     kw = {} if num_classes is None else {"num_classes": num_classes}

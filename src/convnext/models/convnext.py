@@ -151,10 +151,10 @@ class ConvNeXt(ConvNeXtBase):
         """How many pieces to run the batch in, or None to run it whole. Only the fused CPU inference path (no
         autograd, eval mode, not traced or compiled) splits, when the stage-0 activation would pass
         `_MMAP_CEILING_BYTES`: into the fewest pieces under it, equal to within an image (docs/speed.md)."""
+        # The path first: an explicit "linear"/"conv" resolves without looking at x (so fx tracing still works)
         if (self.training or torch.jit.is_tracing() or torch.compiler.is_compiling()
-                or self.compute_path not in ("auto", "fused") or x.dim() != 4
                 or resolve_compute_path(self.compute_path, x.device) != "fused" or x.device.type != "cpu"
-                or (torch.is_grad_enabled() and any(p.requires_grad for p in self.parameters()))):
+                or x.dim() != 4 or (torch.is_grad_enabled() and any(p.requires_grad for p in self.parameters()))):
             return None
         dtype = torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else x.dtype
         stride = self.downsample_layers[0][0].stride
