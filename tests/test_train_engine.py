@@ -74,6 +74,21 @@ def test_refuses_to_overwrite_a_run_without_resume(tmp_path):
         train(cfg)
 
 
+def test_bf16_autocast_run_on_cpu_keeps_fp32_weights_and_tracks_the_fp32_run(tmp_path):
+    # run.amp=bf16 on CPU (fashion_mnist_long ships with it): the run records bf16, steps fp32 master weights and
+    # EMA, and after a few steps sits near the same run in fp32 without equalling it.
+    states = {}
+    for amp in ("bf16", "none"):
+        train(_cfg(tmp_path, amp, f"run.amp={amp}", "run.max_steps=4"))
+        assert f"amp: {'bfloat16' if amp == 'bf16' else 'none'}" in (tmp_path / amp / "config.yaml").read_text()
+        ck = load_checkpoint(CheckpointManager(tmp_path / amp).latest())
+        assert all(v.dtype == torch.float32 for k, v in ck["model"].items() if v.is_floating_point())
+        assert all(v.dtype == torch.float32 for v in ck["ema"].values() if v.is_floating_point())
+        states[amp] = torch.cat([v.flatten() for v in ck["model"].values() if v.is_floating_point()])
+    moved = (states["bf16"] - states["none"]).norm() / states["none"].norm()
+    assert 0 < moved < 0.02, f"bf16 weights {moved:.4f} of their norm away from the fp32 run's"
+
+
 def test_sigkill_mid_epoch_then_resume_is_bit_exact(tmp_path):
     extra = ["optim.epochs=2", "run.ckpt_every_steps=1", "data.mixup=0.8", "data.cutmix=1.0",
              "model.drop_path_rate=0.1", "run.ema_decay=0.9"]  # every RNG the loop draws from is in play

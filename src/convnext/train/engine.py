@@ -69,7 +69,8 @@ def resolve_device(name: str) -> torch.device:
 
 
 def amp_dtype(amp: str, device: torch.device) -> torch.dtype | None:
-    """The autocast dtype for `run.amp` ("auto": bf16 on CUDA; none on CPU, where bf16 was not faster here)."""
+    """The autocast dtype for `run.amp` ("auto": bf16 on CUDA; none on CPU, where bf16 pays off only with native
+    support such as AMX, so recipes opt in with run.amp=bf16)."""
     if amp == "auto":
         amp = "bf16" if device.type == "cuda" else "none"
     if amp == "fp16" and device.type != "cuda":
