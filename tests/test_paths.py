@@ -296,7 +296,7 @@ def test_compiled_fused_inference_matches_reference():
 def test_bf16_autocast_training_gradients_as_close_as_the_reference_under_bf16(kind):
     # `run.amp=bf16` on CPU (the long Fashion-MNIST recipe): the fused training branch under autocast (depthwise
     # conv kept fp32, the MLP through autocast's bf16 matmuls) against the fp32 reference's gradients, and no
-    # further off than the reference itself under the same autocast (measured: 0.5-0.7% of the gradient norm
+    # further off than the reference itself under the same autocast (measured: 0.5-0.8% of the gradient norm
     # for both; single small bias vectors, whose terms nearly cancel, reach 10% on either path alike).
     ref, fast = _pair(kind, "fused")
     ref_bf16 = copy.deepcopy(ref)
@@ -314,5 +314,6 @@ def test_bf16_autocast_training_gradients_as_close_as_the_reference_under_bf16(k
         return ((torch.cat([p.grad.flatten() for p in m.parameters()]) - want).norm() / want.norm()).item()
 
     err, ref_err = rel_err(fast), rel_err(ref_bf16)
-    assert 0 < err < 0.03, f"bf16 gradients off by {err:.4f} of their norm"  # > 0: bf16 really ran
+    # the fused fp32 path differs from the reference by ~1e-6: a floor of 1e-3 shows bf16 really ran on both
+    assert 1e-3 < err < 0.03 and ref_err > 1e-3, f"bf16 gradients off by {err:.4f} (reference {ref_err:.4f})"
     assert err < 2 * ref_err, f"ours {err:.4f} vs the reference's own bf16 error {ref_err:.4f}"

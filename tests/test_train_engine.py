@@ -1,6 +1,7 @@
 """The training loop: NaN loss stops with the step named and the last good checkpoint intact; SIGKILL
 mid-epoch + --resume auto gives bit-identical weights; 2-process gloo DDP equals 1 process."""
 
+import copy
 import signal
 import socket
 import subprocess
@@ -77,16 +78,20 @@ def test_refuses_to_overwrite_a_run_without_resume(tmp_path):
 def test_bf16_autocast_run_on_cpu_keeps_fp32_weights_and_tracks_the_fp32_run(tmp_path):
     # run.amp=bf16 on CPU (fashion_mnist_long ships with it): the run records bf16, steps fp32 master weights and
     # EMA, and after a few steps sits near the same run in fp32 without equalling it.
-    states = {}
+    from convnext.models.registry import create_model
+
+    init = create_model("convnext_fmnist", in_chans=1, num_classes=10, dims=[8, 16, 32], depths=[1, 1, 1])
+    flat = {"init": torch.cat([v.flatten() for v in init.state_dict().values() if v.is_floating_point()])}
     for amp in ("bf16", "none"):
-        train(_cfg(tmp_path, amp, f"run.amp={amp}", "run.max_steps=4"))
+        train(_cfg(tmp_path, amp, f"run.amp={amp}", "run.max_steps=4"), model=copy.deepcopy(init))
         assert f"amp: {'bfloat16' if amp == 'bf16' else 'none'}" in (tmp_path / amp / "config.yaml").read_text()
         ck = load_checkpoint(CheckpointManager(tmp_path / amp).latest())
-        assert all(v.dtype == torch.float32 for k, v in ck["model"].items() if v.is_floating_point())
+        assert all(v.dtype == torch.float32 for v in ck["model"].values() if v.is_floating_point())
         assert all(v.dtype == torch.float32 for v in ck["ema"].values() if v.is_floating_point())
-        states[amp] = torch.cat([v.flatten() for v in ck["model"].values() if v.is_floating_point()])
-    moved = (states["bf16"] - states["none"]).norm() / states["none"].norm()
-    assert 0 < moved < 0.02, f"bf16 weights {moved:.4f} of their norm away from the fp32 run's"
+        flat[amp] = torch.cat([v.flatten() for v in ck["model"].values() if v.is_floating_point()])
+    # bf16's departure from the fp32 run, relative to how far the fp32 run moved from the shared init
+    apart = ((flat["bf16"] - flat["none"]).norm() / (flat["none"] - flat["init"]).norm()).item()
+    assert 0 < apart < 0.3, f"bf16 run {apart:.3f} of the fp32 run's own step away from it"  # measured: 0.09
 
 
 def test_sigkill_mid_epoch_then_resume_is_bit_exact(tmp_path):
