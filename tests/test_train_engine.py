@@ -1,5 +1,6 @@
-"""The training loop: NaN loss stops with the step named and the last good checkpoint intact; SIGKILL
-mid-epoch + --resume auto gives bit-identical weights; 2-process gloo DDP equals 1 process."""
+"""The training loop: NaN loss stops with the step named and the last good checkpoint intact; a bf16-autocast
+run keeps fp32 weights near the fp32 run's; SIGKILL mid-epoch + --resume auto gives bit-identical weights;
+2-process gloo DDP equals 1 process."""
 
 import copy
 import signal
@@ -80,17 +81,20 @@ def test_bf16_autocast_run_on_cpu_keeps_fp32_weights_and_tracks_the_fp32_run(tmp
     # EMA, and after a few steps sits near the same run in fp32 without equalling it.
     from convnext.models.registry import create_model
 
+    def flat(state: dict) -> torch.Tensor:
+        return torch.cat([v.flatten() for v in state.values() if v.is_floating_point()])
+
     init = create_model("convnext_fmnist", in_chans=1, num_classes=10, dims=[8, 16, 32], depths=[1, 1, 1])
-    flat = {"init": torch.cat([v.flatten() for v in init.state_dict().values() if v.is_floating_point()])}
+    weights = {"init": flat(init.state_dict())}
     for amp in ("bf16", "none"):
         train(_cfg(tmp_path, amp, f"run.amp={amp}", "run.max_steps=4"), model=copy.deepcopy(init))
         assert f"amp: {'bfloat16' if amp == 'bf16' else 'none'}" in (tmp_path / amp / "config.yaml").read_text()
         ck = load_checkpoint(CheckpointManager(tmp_path / amp).latest())
         assert all(v.dtype == torch.float32 for v in ck["model"].values() if v.is_floating_point())
         assert all(v.dtype == torch.float32 for v in ck["ema"].values() if v.is_floating_point())
-        flat[amp] = torch.cat([v.flatten() for v in ck["model"].values() if v.is_floating_point()])
+        weights[amp] = flat(ck["model"])
     # bf16's departure from the fp32 run, relative to how far the fp32 run moved from the shared init
-    apart = ((flat["bf16"] - flat["none"]).norm() / (flat["none"] - flat["init"]).norm()).item()
+    apart = ((weights["bf16"] - weights["none"]).norm() / (weights["none"] - weights["init"]).norm()).item()
     assert 0 < apart < 0.3, f"bf16 run {apart:.3f} of the fp32 run's own step away from it"  # measured: 0.09
 
 

@@ -8,7 +8,7 @@ import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from .layers import COMPUTE_PATHS, Block, LayerNorm2d
+from .layers import COMPUTE_PATHS, Block, LayerNorm2d, inference_dtype
 
 # glibc serves every allocation over 32 MiB (its largest mmap threshold) with a fresh mmap and unmaps it on free,
 # so a full-batch activation over it (38.5 MB for ConvNeXt-T at batch 32 in fp32) page-faults afresh in every
@@ -156,7 +156,7 @@ class ConvNeXt(ConvNeXtBase):
                 or resolve_compute_path(self.compute_path, x.device) != "fused" or x.device.type != "cpu"
                 or x.dim() != 4 or (torch.is_grad_enabled() and any(p.requires_grad for p in self.parameters()))):
             return None
-        dtype = torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else x.dtype
+        dtype = inference_dtype(x)
         stride = self.downsample_layers[0][0].stride
         per_image = self.dims[0] * (x.shape[2] // stride[0]) * (x.shape[3] // stride[1]) * dtype.itemsize
         fit = _MMAP_CEILING_BYTES // max(per_image, 1)

@@ -131,10 +131,8 @@ class Block(nn.Module):
         return not self.training or isinstance(self.drop_path, nn.Identity)
 
     def _forward_inference(self, x: torch.Tensor) -> torch.Tensor:
-        device, dtype = x.device.type, x.dtype
-        if device in ("cpu", "cuda") and torch.is_autocast_enabled(device):
-            # autocast's choice, made once here with cached weights instead of per op and per call
-            dtype = torch.get_autocast_dtype(device)
+        # autocast's choice, made once here with cached weights instead of per op and per call
+        device, dtype = x.device.type, inference_dtype(x)
         dw_w, dw_b, w1, b1, w2, b2 = self._inference_weights(dtype)
         with torch.autocast(device, enabled=False):
             x = x.to(dtype)
@@ -213,6 +211,14 @@ class Block(nn.Module):
         # counter the cache is keyed on, so a train -> eval switch always refolds from the current weights.
         self._inference_cache.clear()
         return super().train(mode)
+
+
+def inference_dtype(x: torch.Tensor) -> torch.dtype:
+    """The dtype the inference kernels compute `x` in: autocast's where it is on for x's device, else x's own."""
+    device = x.device.type
+    if device in ("cpu", "cuda") and torch.is_autocast_enabled(device):
+        return torch.get_autocast_dtype(device)
+    return x.dtype
 
 
 def _packed(weight: torch.Tensor) -> torch.Tensor:
