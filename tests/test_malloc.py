@@ -13,30 +13,34 @@ import resource, sys, torch
 from convnext.malloc import tune_malloc
 tuned = tune_malloc() if sys.argv[1] == "1" else False
 faults = []
-for _ in range(4):  # the first rounds grow the heap; the last shows the steady state of a training loop
+for _ in range(12):
     before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
     x = torch.empty(40_000_000).fill_(1.0)  # 160 MB: far over glibc's largest mmap threshold (32 MB)
     del x
     faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
-print(tuned, faults[-1])
+print(tuned, *faults)
 """
 _PAGES = 160_000_000 // 4096
 
 
-def _last_round_faults(tune: bool) -> tuple[bool, int]:
+def _faults_per_round(tune: bool) -> tuple[bool, list[int]]:
     out = subprocess.run([sys.executable, "-c", _PROBE, "1" if tune else "0"], capture_output=True, text=True,
                          check=True).stdout.split()
-    return out[0] == "True", int(out[1])
+    return out[0] == "True", [int(f) for f in out[1:]]
 
 
 @pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="mallopt is glibc's")
 def test_tuned_malloc_reuses_freed_tensor_memory():
-    tuned, faults = _last_round_faults(tune=True)
+    tuned, faults = _faults_per_round(tune=True)
     assert tuned
-    assert faults < 0.01 * _PAGES, f"{faults} page faults for a 160 MB tensor allocated again after tuning"
-    # The measurement itself: untuned, glibc maps the block afresh and every page faults again.
-    tuned, faults = _last_round_faults(tune=False)
-    assert not tuned and faults > 0.9 * _PAGES
+    # Judge the steady state of a training loop, not its start: torch allocates with posix_memalign, and a small
+    # allocation may take the tail of the freed block, leaving it just short, so one of the early rounds can
+    # still grow the heap (measured: only rounds 2-4 ever did, never a later one, over dozens of runs).
+    steady = sum(faults[-6:])
+    assert steady < 0.01 * _PAGES, f"{faults}: page faults per round of a 160 MB tensor allocated after tuning"
+    # The measurement itself: untuned, glibc maps the block afresh and every page faults again, every round.
+    tuned, faults = _faults_per_round(tune=False)
+    assert not tuned and min(faults) > 0.9 * _PAGES, faults
 
 
 def test_opt_out_by_environment(monkeypatch):
