@@ -27,8 +27,13 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 from convnext import create_model, tune_malloc  # noqa: E402
-from convnext.benchmark import format_table, plot, run  # noqa: E402
-from convnext.flops import build_for_counting, format_breakdown, stage_breakdown  # noqa: E402
+from convnext.benchmark import (  # noqa: E402
+    build_for_counting,  # noqa: E402
+    format_table,
+    plot,
+    run,
+)
+from convnext.flops import format_breakdown, stage_breakdown  # noqa: E402
 
 PAPER_A100 = {"ConvNeXt-T": 1943.5, "Swin-T": 1325.6}  # Table 12, img/s, A100 TF32 channels_last
 INFER_MODELS = ["ours:convnext_tiny", "ours:convnext_tiny@linear", "ours:convnext_tiny@conv", "timm:convnext_tiny",

@@ -32,7 +32,7 @@ def run_cli():
 def _build_extension_once():
     """Compile the depthwise-gradient extension (about 30 s on a fresh machine) before any test runs, in this
     process: otherwise the first CLI subprocess that trains pays for it inside its timeout."""
-    from convnext.models.dwconv import _load_kernel
+    from convnext.fast.dwconv import _load_kernel
 
     _load_kernel()
 

@@ -7,9 +7,9 @@ import platform
 import pytest
 import torch
 
+from convnext import create_model
 from convnext.benchmark import format_table, matmul_peak_gflops, peak_memory_mb, run
 from convnext.flops import count_macs
-from convnext.models import create_model
 
 
 def test_cli_writes_json_and_png(run_cli, tmp_path):

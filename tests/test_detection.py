@@ -12,7 +12,7 @@ from convnext.downstream.synthetic import make_coco_shapes
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
-TINY_BACKBONE = {"depths": (1, 1, 1, 1), "dims": (16, 32, 64, 128), "compute_path": "linear"}
+TINY_BACKBONE = {"depths": (1, 1, 1, 1), "dims": (16, 32, 64, 128), "optimize": False}
 # small heads and proposal counts: the paper's widths on a 96x96 image cost seconds per step on a CPU
 SMALL = {"min_size": 96, "max_size": 96, "fpn_channels": 32, "box_head_dim": 64, "mask_head_dim": 32,
          "box_batch_size_per_image": 64, "rpn_pre_nms_top_n_train": 200, "rpn_post_nms_top_n_train": 200,
@@ -167,7 +167,7 @@ def test_backbone_loads_classification_checkpoints_in_any_layout(tmp_path):
     from convnext import create_model
     from convnext.checkpoints import convert
 
-    tiny = {k: v for k, v in TINY_BACKBONE.items() if k != "compute_path"}
+    tiny = {k: v for k, v in TINY_BACKBONE.items() if k != "optimize"}
     clf = create_model("convnext_atto", num_classes=10, **tiny)
     torch.save({"model": clf.state_dict()}, tmp_path / "official.pth")
     convert(tmp_path / "official.pth", tmp_path / "timm.pth", to="timm")

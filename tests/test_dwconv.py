@@ -1,18 +1,21 @@
 """The compiled depthwise weight gradient equals PyTorch's own, and the block uses it where it applies."""
 
+import copy
+
 import pytest
 import torch
+from numerics import assert_as_accurate
 from torch import nn
 
-from convnext.models import dwconv
-from convnext.models.dwconv import depthwise_conv
+from convnext.fast import dwconv
+from convnext.fast.dwconv import depthwise_conv
 
 
 def _grads(conv: nn.Conv2d, x: torch.Tensor, use_ours: bool) -> tuple[torch.Tensor, ...]:
     conv.zero_grad()
     x = x.detach().requires_grad_()
     y = depthwise_conv(x, conv) if use_ours else conv(x)
-    (y * torch.linspace(-1, 1, y.numel()).view_as(y)).sum().backward()
+    (y * torch.linspace(-1, 1, y.numel(), dtype=y.dtype).view_as(y)).sum().backward()
     return y.detach(), x.grad, conv.weight.grad.clone(), conv.bias.grad.clone()
 
 
@@ -38,29 +41,15 @@ def test_gradients_equal_pytorch(shape, k, threads, one_thread):
     x = torch.randn(shape).contiguous(memory_format=torch.channels_last)
     ref = _grads(conv, x, use_ours=False)
     ours = _grads(conv, x, use_ours=True)
+    exact = _grads(copy.deepcopy(conv).double(), x.double(), use_ours=False)  # fp64: no kernel of ours serves it
     assert ours[2].grad_fn is None and conv.weight.grad is not None
-    for name, a, b in zip(("output", "input grad", "weight grad", "bias grad"), ours, ref, strict=True):
-        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5, msg=lambda m, n=name: f"{n}: {m}")
-
-
-def test_the_block_trains_through_it(monkeypatch):
-    calls = []
-    real = dwconv._DepthwiseConv.backward
-    monkeypatch.setattr(dwconv._DepthwiseConv, "backward", staticmethod(lambda ctx, g: calls.append(1) or real(ctx, g)))
-    from convnext.models import create_model
-
-    m = create_model("convnext_fmnist", num_classes=10, in_chans=1, kernel_size=7)
-    m(torch.randn(2, 1, 28, 28)).sum().backward()
-    assert len(calls) == sum(m.depths)
-    calls.clear()
-    m = create_model("convnext_fmnist", num_classes=10, in_chans=1, kernel_size=3)  # oneDNN's 3x3 is fast
-    m(torch.randn(2, 1, 28, 28)).sum().backward()
-    assert not calls
+    for name, a, b, c in zip(("output", "input grad", "weight grad", "bias grad"), ours, ref, exact, strict=True):
+        assert_as_accurate(a, b, c, name)
 
 
 def test_falls_back_to_pytorch_without_the_kernel(monkeypatch):
     monkeypatch.setattr(dwconv, "_kernel", None)
-    monkeypatch.setattr(dwconv, "_kernel_tried", True)
+    monkeypatch.setattr(dwconv, "_kernel_note", "off: test")
     conv = nn.Conv2d(8, 8, 7, padding=3, groups=8)
     y = depthwise_conv(torch.randn(1, 8, 6, 6, requires_grad=True), conv)
     assert type(y.grad_fn).__name__ == "ConvolutionBackward0"

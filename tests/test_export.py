@@ -17,6 +17,7 @@ from convnext.export import (
     top1_agreement,
     verify_export,
 )
+from convnext.fast import FastBlock
 
 SIZE = 64
 
@@ -63,7 +64,7 @@ def test_export_matches_pytorch_on_real_images(fmt, photos, exported):
     model, files = exported
     path, diff = files[fmt]
     assert path.exists() and path.suffix == FORMATS[fmt] and diff <= 1e-4
-    assert model.compute_path == "auto" and not model.training  # exporting traced a portable path, then restored
+    assert not model.training and isinstance(model.stages[0][0], FastBlock)  # exported the reference ops, restored
     run = load_exported(path, fmt)
     with torch.no_grad():
         for batch in (photos[:3], photos[2:7]):  # dynamic batch: sizes other than the export's example (2)
@@ -87,11 +88,8 @@ def test_fold_layer_scale_same_top1(photos):
     assert all(b.gamma is None for b in folded.modules() if hasattr(b, "gamma"))
     assert not any("gamma" in k for k in folded.state_dict())
     assert any("gamma" in k for k in model.state_dict())  # the original is untouched
-    for path in ("linear", "conv"):  # the reference path multiplies by gamma explicitly: check both
-        model.set_compute_path(path)
-        folded.set_compute_path(path)
-        same, diff = top1_agreement(model, folded, photos)
-        assert same == 1.0 and diff < 1e-4, (path, diff)
+    same, diff = top1_agreement(model, folded, photos)
+    assert same == 1.0 and diff < 1e-4, diff
 
 
 def test_bf16_and_channels_last_same_top1(photos):

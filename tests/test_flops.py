@@ -1,10 +1,11 @@
 """Per-stage GMACs and params: they add up, match the paper, and count fused kernels like the reference."""
 
 import pytest
-import torch
 
 from convnext import create_model
-from convnext.flops import build_for_counting, count_macs, count_params, stage_breakdown
+from convnext.benchmark import build_for_counting
+from convnext.fast import FastBlock
+from convnext.flops import count_macs, count_params, stage_breakdown
 
 
 @pytest.mark.parametrize(("name", "features"), [("convnext_tiny", False), ("convnext_iso_small", False),
@@ -38,14 +39,12 @@ def test_peers_match_the_paper():
     assert round(count_macs(build_for_counting("timm:swin_tiny_patch4_window7_224")) / 1e9, 2) == 4.49
 
 
-def test_fused_path_counts_like_the_reference():
+def test_optimized_model_counts_like_the_reference():
     kwargs = dict(depths=(1, 1, 2, 1), dims=(16, 32, 48, 64))
-    fused = create_model("convnext_atto", compute_path="fused", **kwargs)
-    linear = create_model("convnext_atto", compute_path="linear", **kwargs)
-    assert count_macs(fused, 64) == count_macs(linear, 64) > 0
-    assert fused.compute_path == "fused"
-    with torch.no_grad():
-        fused(torch.zeros(1, 3, 64, 64))  # still runs on the path it was set to
+    optimized = create_model("convnext_atto", **kwargs)
+    reference = create_model("convnext_atto", optimize=False, **kwargs)
+    assert count_macs(optimized, 64) == count_macs(reference, 64) > 0
+    assert isinstance(optimized.stages[0][0], FastBlock)  # counted through the reference ops, then restored
 
 
 def test_flops_cli(run_cli):

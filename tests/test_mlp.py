@@ -3,8 +3,9 @@
 import pytest
 import torch
 import torch.nn.functional as F
+from numerics import assert_as_accurate
 
-from convnext.models.mlp import pointwise_mlp
+from convnext.fast.mlp import pointwise_mlp
 
 
 def _inputs(c: int = 24, shape=(2, 5, 7)):
@@ -17,21 +18,24 @@ def _inputs(c: int = 24, shape=(2, 5, 7)):
 def test_values_and_gradients_match_autograd(with_shortcut):
     x, sc, w1, b1, w2, b2 = _inputs()
     leaves = [x, sc, w1, b1, w2, b2]
+    leaves64 = [p.detach().double().requires_grad_() for p in leaves]
     results = []
-    for fused in (False, True):
+    for kind, (x_, sc_, w1_, b1_, w2_, b2_) in (("ref", leaves), ("fused", leaves), ("exact", leaves64)):
         for p in leaves:
             p.grad = None
-        if fused:
-            y = pointwise_mlp(x, w1, b1, w2, b2, shortcut=sc if with_shortcut else None)
+        if kind == "fused":
+            y = pointwise_mlp(x_, w1_, b1_, w2_, b2_, shortcut=sc_ if with_shortcut else None)
         else:
-            y = F.linear(F.gelu(F.linear(x, w1, b1)), w2, b2) + (sc if with_shortcut else 0)
-        (y * torch.linspace(-1, 1, y.numel()).view_as(y)).sum().backward()
-        results.append([y.detach()] + [None if p.grad is None else p.grad.clone() for p in leaves])
-    for got, want in zip(results[1], results[0], strict=True):
+            y = F.linear(F.gelu(F.linear(x_, w1_, b1_)), w2_, b2_) + (sc_ if with_shortcut else 0)
+        (y * torch.linspace(-1, 1, y.numel(), dtype=y.dtype).view_as(y)).sum().backward()
+        results.append([y.detach()] + [None if p.grad is None else p.grad.clone()
+                                       for p in (leaves64 if kind == "exact" else leaves)])
+    for name, got, want, exact in zip(("y", "x", "shortcut", "w1", "b1", "w2", "b2"), results[1], results[0],
+                                      results[2], strict=True):
         if want is None:
             assert got is None
         else:
-            torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+            assert_as_accurate(got, want, exact, name)
 
 
 def test_non_contiguous_input_and_double_backward():

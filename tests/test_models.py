@@ -163,14 +163,12 @@ def test_gradient_checkpointing_gives_same_output_and_grads(name):
         torch.testing.assert_close(p.grad, g)
 
 
-def test_compute_path_validation_and_auto():
-    model = convnext.create_model("convnext_atto")
-    with pytest.raises(ValueError, match="compute_path"):
-        model.set_compute_path("fast")
-    model.eval()
-    with torch.no_grad():
-        model(torch.randn(1, 3, 32, 32))
-    assert {b.compute_path for s in model.stages for b in s} == {"fused"}  # auto on CPU
+def test_create_model_optimizes_unless_asked_not_to():
+    from convnext.fast import FastBlock
+    from convnext.models import Block
+
+    assert {type(b) for s in convnext.create_model("convnext_atto").stages for b in s} == {FastBlock}
+    assert {type(b) for s in convnext.create_model("convnext_atto", optimize=False).stages for b in s} == {Block}
 
 
 def test_layer_groups_follow_the_official_scheme_and_generalise():

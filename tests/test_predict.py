@@ -9,8 +9,9 @@ from timm.data import ImageNetInfo
 
 import convnext
 from checkpoint_helpers import randomize
+from convnext.checkpoints.pretrained import imagenet_class_names as class_names
 from convnext.data.transforms import eval_transform
-from convnext.predict import class_names, predict
+from convnext.predict import predict
 
 
 @pytest.fixture(scope="module")

@@ -17,7 +17,7 @@ from convnext.downstream.synthetic import make_ade_shapes
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
-TINY_BACKBONE = {"depths": (1, 1, 1, 1), "dims": (16, 32, 64, 128), "compute_path": "linear"}
+TINY_BACKBONE = {"depths": (1, 1, 1, 1), "dims": (16, 32, 64, 128), "optimize": False}
 
 
 

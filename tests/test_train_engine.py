@@ -53,7 +53,7 @@ class NaNAfter(torch.nn.Module):
 
 
 def test_nan_loss_stops_naming_the_step_and_keeps_the_last_good_checkpoint(tmp_path):
-    from convnext.models.registry import create_model
+    from convnext import create_model
 
     cfg = _cfg(tmp_path, "nan", "run.ckpt_every_steps=2", "run.ema=false")
     model = NaNAfter(create_model("convnext_fmnist", in_chans=1, num_classes=10, dims=[8, 16, 32],
@@ -79,7 +79,7 @@ def test_refuses_to_overwrite_a_run_without_resume(tmp_path):
 def test_bf16_autocast_run_on_cpu_keeps_fp32_weights_and_tracks_the_fp32_run(tmp_path):
     # run.amp=bf16 on CPU (fashion_mnist_long ships with it): the run records bf16, steps fp32 master weights and
     # EMA, and after a few steps sits near the same run in fp32 without equalling it.
-    from convnext.models.registry import create_model
+    from convnext import create_model
 
     def flat(state: dict) -> torch.Tensor:
         return torch.cat([v.flatten() for v in state.values() if v.is_floating_point()])

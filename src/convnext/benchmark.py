@@ -12,13 +12,13 @@ model exported to ONNX and run by onnxruntime; inference in fp32 only).
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import itertools
-import json
 import math
+import os
 import platform
 import statistics
+import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
@@ -29,8 +29,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from .flops import count_macs, parse_size
+from . import fast
+from .flops import count_macs
 from .malloc import is_tuned as malloc_is_tuned
+from .models import build_model
 
 PRECISIONS = ("fp32", "bf16", "fp16", "bf16-weights")
 MODES = ("infer", "train")
@@ -51,13 +53,19 @@ class Subject:
     infer: Callable[[torch.Tensor], Any]
     macs: int
     params: int
+    freeze: bool = False  # infer with `convnext.freeze(module, dtype)`, made per precision (ours by default)
+
+
+OURS_VARIANTS = ("frozen", "optimized", "reference")
 
 
 def _ours(name: str) -> nn.Module:
-    from .models import create_model
+    from .api import create_model
 
-    name, _, path = name.partition("@")
-    return create_model(name, compute_path=path or "auto")
+    name, _, variant = name.partition("@")
+    if variant and variant not in OURS_VARIANTS:
+        raise ValueError(f"ours:{name}@{variant}: the variant must be one of {', '.join(OURS_VARIANTS)}")
+    return create_model(name, optimize=variant != "reference")
 
 
 def _timm(name: str) -> nn.Module:
@@ -137,8 +145,21 @@ def build_subject(spec: str, size: tuple[int, int], device: torch.device, thread
     model = model.to(device)
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
-    fn = torch.compile(model) if compile_model else model
-    return Subject(spec, model, fn, macs, sum(p.numel() for p in model.parameters()))
+    fn = fast.compile(model) if compile_model else model
+    # ours infers frozen (folded, packed weights) unless a variant says otherwise; a frozen model does not compile
+    freeze = source == "ours" and name.partition("@")[2] in ("", "frozen") and not compile_model
+    return Subject(spec, model, fn, macs, sum(p.numel() for p in model.parameters()), freeze)
+
+
+def build_for_counting(spec: str, features: bool = False, in_chans: int = 3) -> nn.Module:
+    """The model `spec` (our name, or a peer's SOURCE:NAME) built on the meta device: no memory, no compute."""
+    with torch.device("meta"):
+        if ":" in spec:
+            source, _, name = spec.partition(":")
+            if source not in BUILDERS:
+                raise ValueError(f"{spec!r}: SOURCE must be one of {', '.join(BUILDERS)}")
+            return BUILDERS[source](name)
+        return build_model(spec, features_only=features, in_chans=in_chans)
 
 
 # ---------------------------------------------------------------------------------------------- measurement
@@ -204,11 +225,31 @@ def peak_memory_mb(step: Callable[[], None], device: torch.device) -> float:
         return (torch.cuda.max_memory_allocated(device) - before) / 2**20
     from torch.profiler import ProfilerActivity, profile
 
-    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+    # The profiler's C++ side may print its own lines (e.g. "USDT: ... profiler_start") straight to file
+    # descriptors 1 and 2: keep them out of the command's table and JSON.
+    with _quiet_fds(), profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
         step()
     # allocations are charged to the op that made them (its self memory), frees are "[memory]" events
     events = sorted((e.time_range.start, e.self_cpu_memory_usage) for e in prof.events() if e.self_cpu_memory_usage)
     return max(0, *itertools.accumulate(d for _, d in events)) / 2**20
+
+
+@contextlib.contextmanager
+def _quiet_fds() -> Iterator[None]:
+    """Send whatever C/C++ code writes to stdout and stderr within this context to /dev/null."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = [os.dup(1), os.dup(2)]
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, 1)
+        os.dup2(devnull, 2)
+        yield
+    finally:
+        os.dup2(saved[0], 1)
+        os.dup2(saved[1], 2)
+        for fd in (*saved, devnull):
+            os.close(fd)
 
 
 class _Step:
@@ -226,15 +267,18 @@ class _Step:
                 module.to(torch.bfloat16)
             module.train(mode == "train")
         self.optimizer = torch.optim.AdamW(module.parameters(), lr=1e-6) if mode == "train" else None
+        self.infer = subject.infer
+        if mode == "infer" and subject.freeze:
+            self.infer = fast.freeze(module, torch.bfloat16 if precision in ("bf16", "bf16-weights") else None)
 
     def __call__(self) -> None:
         if self.mode == "infer":
             ctx = torch.inference_mode() if self.grad_mode == "inference_mode" else torch.no_grad()
             with ctx, _autocast(self.device, self.precision):
-                self.subject.infer(self.x)
+                self.infer(self.x)
         else:
             with _autocast(self.device, self.precision):
-                loss = nn.functional.cross_entropy(self.subject.infer(self.x).float(), self.target)
+                loss = nn.functional.cross_entropy(self.infer(self.x).float(), self.target)
             loss.backward()
             self.optimizer.step()
             self.optimizer.zero_grad(set_to_none=True)
@@ -246,7 +290,7 @@ class _Step:
             if self.precision == "bf16-weights":
                 module.float()
             module.zero_grad(set_to_none=True)
-        self.optimizer = None
+        self.optimizer = self.infer = None
 
 
 def measure(subjects: list[Subject], mode: str, precision: str, batch_size: int, size: tuple[int, int],
@@ -292,7 +336,6 @@ def measure(subjects: list[Subject], mode: str, precision: str, batch_size: int,
 
 def environment(device: torch.device, threads: int) -> dict[str, Any]:
     """Hardware, versions and machine load, recorded beside every result."""
-    import os
 
     env: dict[str, Any] = {
         "device": device.type, "torch": torch.__version__, "python": platform.python_version(),
@@ -357,9 +400,14 @@ def run(models: list[str], modes: list[str], precisions: list[str], batch_size: 
     results: list[Result] = []
     with tempfile.TemporaryDirectory() as tmp:
         subjects = [build_subject(m, img_size, dev, threads, Path(tmp), channels_last, compile_model) for m in models]
+        paths = env["ours_paths"] = {}
         for mode in modes:
             for precision in precisions:
                 log(f"{mode} {precision}: {len(subjects)} models x ({warmup} warm-up + {reps} timed)")
+                if any(m.startswith("ours:") for m in models):
+                    paths[f"{mode} {precision}"] = fast.describe("train" if mode == "train" else "inference", dev,
+                                                                 _DTYPES[precision])
+                    log(f"  ours: {paths[f'{mode} {precision}']}")
                 results += measure(subjects, mode, precision, batch_size, img_size, dev, warmup, reps,
                                    channels_last, peaks, grad_mode)
     env["load_avg_1m_end"] = env_load()
@@ -367,7 +415,6 @@ def run(models: list[str], modes: list[str], precisions: list[str], batch_size: 
 
 
 def env_load() -> float | None:
-    import os
 
     return os.getloadavg()[0] if hasattr(os, "getloadavg") else None
 
@@ -420,49 +467,3 @@ def plot(report: dict[str, Any], path: str | Path) -> Path:
                  f"torch {env['torch']}", fontsize=9)
     fig.tight_layout(rect=(0, 0, 1, 1 - 0.35 / fig.get_figheight()))  # room for the suptitle
     return save_figure(fig, path)
-
-
-# ---------------------------------------------------------------------------------------------- command
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Arguments of `convnext benchmark`."""
-    parser.add_argument("models", nargs="*", default=list(DEFAULT_MODELS),
-                        help="SOURCE:NAME, SOURCE in ours, timm, tv, hf, ort; ours:NAME@PATH picks a compute path "
-                             f"(default: {' '.join(DEFAULT_MODELS)})")
-    parser.add_argument("--batch-size", "-b", type=int, default=32)
-    parser.add_argument("--img-size", type=parse_size, default=(224, 224), help="N or HxW (default 224)")
-    parser.add_argument("--mode", nargs="+", default=["infer"], choices=MODES)
-    parser.add_argument("--precision", nargs="+", default=["fp32"], choices=PRECISIONS,
-                        help="bf16/fp16: autocast; bf16-weights: model and input cast to bf16")
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
-    parser.add_argument("--warmup", type=int, default=1)
-    parser.add_argument("--reps", type=int, default=3, help="timed repetitions (median, min and max reported)")
-    parser.add_argument("--channels-last", action="store_true", help="feed and store every model channels_last")
-    parser.add_argument("--compile", action="store_true", help="torch.compile every model")
-    parser.add_argument("--no-grad", action="store_true", help="infer under no_grad instead of inference_mode")
-    parser.add_argument("--paper-protocol", action=argparse.BooleanOptionalAction, default=None,
-                        help="Table 12 on GPU: TF32 + channels_last (default on CUDA)")
-    parser.add_argument("--peak-size", type=int, default=4096, help="side of the square matmul timed for the peak")
-    parser.add_argument("--json", type=Path, default=None, help="write the results here")
-    parser.add_argument("--plot", type=Path, default=None, help="write a bar chart PNG here")
-
-
-def main(args: argparse.Namespace) -> int:
-    """Run `convnext benchmark`."""
-    try:
-        report = run(args.models, args.mode, args.precision, args.batch_size, args.img_size, args.device,
-                     args.threads, args.warmup, args.reps, args.channels_last, args.compile,
-                     "no_grad" if args.no_grad else "inference_mode", args.paper_protocol, args.peak_size)
-    except (ValueError, RuntimeError) as e:
-        print(f"convnext benchmark: error: {e}")
-        return 2
-    print(format_table(report))
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(report, indent=1))
-        print(f"wrote {args.json}")
-    if args.plot:
-        print(f"wrote {plot(report, args.plot)}")
-    return 0

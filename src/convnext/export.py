@@ -8,7 +8,6 @@ Also the inference-time transforms for deployment, each returning a modified cop
 
 from __future__ import annotations
 
-import argparse
 import copy
 import os
 import warnings
@@ -18,6 +17,8 @@ from pathlib import Path
 
 import torch
 from torch import nn
+
+from . import fast
 
 FORMATS: dict[str, str] = {"onnx": ".onnx", "torchscript": ".ts", "exported-program": ".pt2"}
 INPUT_NAME, OUTPUT_NAME = "images", "logits"
@@ -48,28 +49,15 @@ def _example(model: nn.Module, input_size: int | Sequence[int], batch: int = 2) 
 
 
 @contextmanager
-def _exportable(model: nn.Module, example: torch.Tensor) -> Iterator[nn.Module]:
-    """The model in eval mode on a compute path made of standard ops, settled by one eager call.
-
-    "auto" may pick a CPU path that calls oneDNN-specific fused kernels, which no exporter can represent, so
-    the trace runs the 1x1-conv path (the reference "linear" path where that is absent) and the model's
-    own path is restored afterwards. The eager call lets the forward record its path before tracing:
-    exporters must not see that attribute change.
-    """
-    from .models.layers import COMPUTE_PATHS
-
-    old = getattr(model, "compute_path", None)
-    if old is not None:
-        model.set_compute_path("conv" if "conv" in COMPUTE_PATHS else "linear")
+def _exportable(model: nn.Module) -> Iterator[nn.Module]:
+    """The model in eval mode computing with the reference's standard ops: `convnext.optimize`'s CPU kernels
+    (oneDNN's fused Linear) are opaque to every exporter. Training mode is restored afterwards."""
     was_training = model.training
     model.eval()
     try:
-        with torch.no_grad():
-            model(example)
-        yield model
+        with fast.reference(model):
+            yield model
     finally:
-        if old is not None:
-            model.set_compute_path(old)
         model.train(was_training)
 
 
@@ -88,7 +76,7 @@ def export_onnx(model: nn.Module, path: str | os.PathLike, input_size: int | Seq
     example = _example(model, input_size)
     batch = torch.export.Dim("batch", min=1, max=65536)
     n_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
-    with _exportable(model, example):
+    with _exportable(model):
         torch.onnx.export(model, (example,), str(path), dynamo=True, input_names=[INPUT_NAME],
                           output_names=[OUTPUT_NAME], dynamic_shapes=({0: batch},), opset_version=opset,
                           external_data=n_bytes > 1.8e9, verbose=False)
@@ -102,7 +90,7 @@ def export_torchscript(model: nn.Module, path: str | os.PathLike, input_size: in
     example = _example(model, input_size)
     # TorchScript is deprecated upstream but still what many C++ and mobile runtimes load; say so once, in the
     # docs, rather than on every call.
-    with _exportable(model, example), torch.no_grad(), warnings.catch_warnings():
+    with _exportable(model), torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)
         traced = torch.jit.trace(model, example, check_trace=False)
         torch.jit.save(traced, str(path))
@@ -117,7 +105,7 @@ def export_program(model: nn.Module, path: str | os.PathLike, input_size: int | 
     path.parent.mkdir(parents=True, exist_ok=True)
     example = _example(model, input_size)
     batch = torch.export.Dim("batch", min=1, max=65536)
-    with _exportable(model, example):
+    with _exportable(model):
         program = torch.export.export(model, (example,), dynamic_shapes=({0: batch},))
     torch.export.save(program, str(path))
     return path
@@ -263,46 +251,3 @@ def top1_agreement(reference: nn.Module, candidate: nn.Module, images: torch.Ten
     got = candidate(x).float().cpu()
     same = (got.argmax(-1) == expected.argmax(-1)).float().mean().item()
     return same, float((got - expected).abs().max())
-
-
-# ------------------------------------------------------------------------------------------------------ CLI
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", required=True, help="model name, e.g. convnext_tiny (see `convnext models`)")
-    parser.add_argument("--weights", help="checkpoint file in any layout create_model reads (default: random init)")
-    parser.add_argument("--format", required=True, choices=tuple(FORMATS))
-    parser.add_argument("--out", help="output file (default: MODEL_SIZE.onnx / .ts / .pt2)")
-    parser.add_argument("--size", type=int, nargs="+", default=[224], metavar="PX",
-                        help="input height [width] (default 224)")
-    parser.add_argument("--num-classes", type=int, help="classifier outputs (default: the checkpoint's, or 1000)")
-    parser.add_argument("--in-chans", type=int, default=3)
-    parser.add_argument("--fold-layer-scale", action="store_true",
-                        help="fold gamma into pwconv2 first (checked for equal top-1 on the images)")
-    parser.add_argument("--images", nargs="+", help="images to verify on (default: scikit-image's photographs)")
-    parser.add_argument("--atol", type=float, default=1e-4, help="largest allowed logit difference")
-
-
-def main(args: argparse.Namespace) -> int:
-    from . import create_model
-
-    if len(args.size) > 2:
-        raise SystemExit("convnext export: --size takes a height and an optional width")
-    size = (args.size[0], args.size[-1])
-    out = Path(args.out or f"{args.model}_{size[0]}x{size[1]}{FORMATS[args.format]}")
-    if args.format == "exported-program" and out.suffix != ".pt2":
-        raise SystemExit(f"convnext export: {out}: an ExportedProgram file must end in .pt2")
-    model = create_model(args.model, pretrained=args.weights or False, num_classes=args.num_classes,
-                         in_chans=args.in_chans).eval()
-    images = sample_images(size, args.in_chans, args.images)
-    if args.fold_layer_scale:
-        folded = fold_layer_scale(model)
-        same, diff = top1_agreement(model, folded, images)
-        if same < 1.0:
-            raise SystemExit(f"convnext export: folding layer scale changed the top-1 of {1 - same:.0%} of the "
-                             f"images (logits differ by {diff:.3g}); not exporting it")
-        print(f"layer scale folded: same top-1 on {len(images)} images, logits within {diff:.2g}")
-        model = folded
-    path, diff = export(model, out, args.format, size, images, args.atol)
-    print(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB), dynamic batch; verified on {len(images)} real "
-          f"images at batch 1 and {len(images)}: logits within {diff:.2g} of PyTorch's (atol {args.atol:g})")
-    return 0

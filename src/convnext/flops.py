@@ -3,13 +3,13 @@ total and per stage, at any input size; and the `convnext flops` command."""
 
 from __future__ import annotations
 
-import argparse
-import contextlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 
 import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
+
+from . import fast
 
 
 def count_params(model: nn.Module) -> int:
@@ -26,20 +26,6 @@ def count_macs(model: nn.Module, size: int | tuple[int, int] = 224, in_chans: in
     return _module_macs(model, size, in_chans)[""]
 
 
-@contextlib.contextmanager
-def _reference_path(model: nn.Module) -> Iterator[None]:
-    # Fused kernels (oneDNN Linear+GELU) have no flop formula: count the reference path, which does the same math.
-    path = getattr(model, "compute_path", None)
-    if path is None or not hasattr(model, "set_compute_path"):
-        yield
-        return
-    model.set_compute_path("linear")
-    try:
-        yield
-    finally:
-        model.set_compute_path(path)
-
-
 @torch.no_grad()
 def _module_macs(model: nn.Module, size: int | tuple[int, int], in_chans: int) -> dict[str, int]:
     """MACs per module name ("" for the whole model, "stages.0", "stages.0.1.dwconv", ...)."""
@@ -48,7 +34,8 @@ def _module_macs(model: nn.Module, size: int | tuple[int, int], in_chans: int) -
     was_training = model.training
     model.eval()
     counter = FlopCounterMode(display=False)
-    with _reference_path(model), counter:
+    # fused kernels (oneDNN Linear+GELU) have no FLOP formula: count the reference ops, which do the same math
+    with fast.reference(model), counter:
         model(x)
     model.train(was_training)
     counts = {}
@@ -132,56 +119,23 @@ def format_breakdown(rows: list[dict[str, object]], sizes: Sequence[tuple[int, i
     return "\n".join(lines)
 
 
-def parse_size(text: str) -> tuple[int, int]:
-    """'224' -> (224, 224); '1280x800' -> (1280, 800) (H x W), for the command lines."""
-    h, _, w = text.lower().partition("x")
-    try:
-        return int(h), int(w or h)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"size {text!r} must be N or HxW, e.g. 224 or 1280x800") from None
+def model_table(pattern: str = "*") -> list[dict]:
+    """One row per registered model: our params (M) and GMACs at 224 and 384, and the paper's figures."""
+    from .models import MODELS, build_model, list_models
 
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Arguments of `convnext flops`."""
-    parser.add_argument("models", nargs="+", help="model names (`convnext models`), or SOURCE:NAME as in "
-                                                  "`convnext benchmark` (timm:, tv:, hf:)")
-    parser.add_argument("--size", nargs="+", type=parse_size, default=[(224, 224)],
-                        help="input sizes, N or HxW (e.g. 224 384 1280x800 2048x512); default 224")
-    parser.add_argument("--features", action="store_true",
-                        help="count the detection/segmentation backbone (no head; a LayerNorm per output stage)")
-    parser.add_argument("--in-chans", type=int, default=3)
-
-
-def build_for_counting(spec: str, features: bool = False, in_chans: int = 3) -> nn.Module:
-    """The model `spec` (our name, or a peer's SOURCE:NAME) built on the meta device: no memory, no compute."""
-    with torch.device("meta"):
-        if ":" in spec:
-            from .benchmark import BUILDERS
-
-            source, _, name = spec.partition(":")
-            if source not in BUILDERS:
-                raise ValueError(f"{spec!r}: SOURCE must be one of {', '.join(BUILDERS)}")
-            return BUILDERS[source](name)
-        from .models import create_model
-
-        return create_model(spec, features_only=features, in_chans=in_chans)
-
-
-def main(args: argparse.Namespace) -> int:
-    """Run `convnext flops`."""
-    from .downstream import downstream_flops
-
-    for spec in args.models:
-        # Detectors and segmenters are counted the way mmdet/mmseg counted them for the paper (fixed proposal
-        # counts, decode head only), which a plain forward pass cannot express.
-        # Without --size, each at the input size the paper reports (detectors 800x1280, segmenters 512x2048).
-        if (whole := downstream_flops(spec, args.size[0] if args.size != [(224, 224)] else None)) is not None:
-            print(f"## {spec}\n")
-            print("\n".join(f"{k:>14}: {v if v is not None else '-'}" for k, v in whole.items()))
-            print()
-            continue
-        model = build_for_counting(spec, args.features, args.in_chans)
-        print(f"## {spec}{' (backbone)' if args.features else ''}\n")
-        print(format_breakdown(stage_breakdown(model, args.size, args.in_chans), args.size))
-        print()
-    return 0
+    rows = []
+    for name in list_models(pattern):
+        with torch.device("meta"):  # counting needs shapes only: even XL costs no memory
+            model = build_model(name)
+        paper = MODELS[name].paper
+        rows.append({
+            "model": name,
+            "params_m": count_params(model) / 1e6,
+            "gmacs_224": count_macs(model, 224) / 1e9,
+            "gmacs_384": count_macs(model, 384) / 1e9,
+            "paper_params_m": paper.get("params"),
+            "paper_gmacs_224": paper.get("gmacs_224"),
+            "paper_gmacs_384": paper.get("gmacs_384"),
+            "paper_top1": paper.get("top1"),
+        })
+    return rows

@@ -4,7 +4,7 @@ See docs/checkpoints.md for the layouts, the security policy and the release tag
 """
 
 from .build import create_pretrained, resolve_weights
-from .cli import convert
+from .convert import convert
 from .errors import CheckpointError, DownloadError, UnsafeCheckpointError
 from .io import load_state_dict, read_checkpoint, unwrap_state_dict
 from .layouts import LAYOUTS, detect_layout, from_official, to_official

@@ -12,7 +12,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..models import ConvNeXt, ConvNeXtFeatures, LayerNorm2d
+from ..models import LayerNorm2d, build_model
 from .errors import CheckpointError
 from .io import load_state_dict
 from .matching import load_checked
@@ -43,15 +43,15 @@ def resolve_weights(name: str, pretrained: bool | str) -> tuple[Path, Release | 
 
 def create_pretrained(
     name: str,
-    spec: Any,
-    args: dict[str, Any],
     pretrained: bool | str,
     *,
     num_classes: int | None = None,
     features_only: bool = False,
     out_indices: Sequence[int] = (0, 1, 2, 3),
+    **kwargs: Any,
 ) -> nn.Module:
-    """Build model `name` from `spec` and `args` (the `create_model` arguments) with the weights `pretrained`.
+    """The reference model `name` (`build_model` arguments in `kwargs`) with the weights `pretrained`: True, a
+    release tag, a URL or a path.
 
     Classification weights load into a `features_only` backbone too (their pooled norm and head are
     dropped; the backbone's norm0..norm3 keep their initialisation, with a warning), as do the official
@@ -59,23 +59,18 @@ def create_pretrained(
     """
     path, release = resolve_weights(name, pretrained)
     state_dict = load_state_dict(path)
-    # JSON gives lists; create_model's configs hold tuples.
-    args = {k: tuple(v) if isinstance(v, list) else v for k, v in args.items()}
     file_cfg = read_config(path)
     if file_cfg is not None:
         if file_cfg["model"] != name:
             raise CheckpointError(f"{path} holds a {file_cfg['model']}, not a {name}: use convnext.load(path) or "
                                   f"create_model({file_cfg['model']!r}, pretrained=path).")
-        args.update({k: tuple(v) if isinstance(v, list) else v for k, v in file_cfg.items() if k in ARCH_KEYS})
+        kwargs.update({k: v for k, v in file_cfg.items() if k in ARCH_KEYS})
     source = f"{path}" + (f" ({release.file})" if release else "")
 
     if features_only:
-        if spec.cls is not ConvNeXt:
-            raise ValueError(f"features_only needs a hierarchical model; {name} is isotropic")
         state_dict, allow = _for_backbone(state_dict, tuple(out_indices))
         with torch.device("meta"):
-            model: nn.Module = ConvNeXtFeatures(out_indices=out_indices, **args)
-        config_extra: dict[str, Any] = {"features_only": True, "out_indices": tuple(out_indices)}
+            model = build_model(name, features_only=True, out_indices=tuple(out_indices), **kwargs)
     else:
         file_classes = state_dict["head.weight"].shape[0] if "head.weight" in state_dict else None
         default = file_classes or (release.num_classes if release else 1000)
@@ -88,12 +83,10 @@ def create_pretrained(
                 warnings.warn(f"{source} has a {file_classes}-class head; the model has num_classes={classes}, so "
                               "its head was re-initialised (all other weights loaded).", stacklevel=3)
         with torch.device("meta"):
-            model = spec.cls(num_classes=classes, **args)
-        config_extra = {"num_classes": classes}
+            model = build_model(name, num_classes=classes, **kwargs)
     # Built on the meta device and given the file's tensors: no time spent on a random init they replace.
     load_checked(model, state_dict, source=source, allow_missing=allow, assign=True)
-    _init_missing(model, allow, args.get("head_init_scale", 1.0))
-    model.config = {"model": name, **args, **config_extra}
+    _init_missing(model, allow, kwargs.get("head_init_scale", 1.0))
     return model
 
 

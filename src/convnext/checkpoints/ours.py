@@ -63,13 +63,13 @@ def load(path: str | os.PathLike, **overrides: Any) -> nn.Module:
     `overrides` are `create_model` arguments, e.g. `num_classes=10` (re-initialises only the head, with
     a warning), `features_only=True`, `drop_path_rate=0.1`.
     """
-    from ..models import create_model
+    from .build import create_pretrained
     from .io import load_state_dict
 
     cfg = read_config(path) or infer_config(load_state_dict(path))
     cfg = {**cfg, **overrides}
     name = cfg.pop("model")
-    return create_model(name, pretrained=str(path), **cfg)
+    return create_pretrained(name, str(path), **cfg)
 
 
 def _paths(path: Path) -> tuple[Path, Path]:

@@ -15,6 +15,7 @@ import os
 import re
 import urllib.error
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 
 import torch
@@ -148,3 +149,15 @@ def _sha256(path: Path) -> str:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)
     return h.hexdigest()
+
+
+@lru_cache(maxsize=4)
+def imagenet_class_names(num_classes: int) -> list[str]:
+    """Human-readable class names: ImageNet-1K (1000) or -22K (21841) from timm's metadata, else "class i"."""
+    from timm.data import ImageNetInfo
+
+    subset = {1000: "imagenet-1k", 21841: "imagenet-22k"}.get(num_classes)
+    if subset is None:
+        return [f"class {i}" for i in range(num_classes)]
+    info = ImageNetInfo(subset)
+    return [info.index_to_description(i) for i in range(num_classes)]

@@ -9,7 +9,8 @@ import torch
 from torch import nn
 from torchvision.ops.feature_pyramid_network import ExtraFPNBlock, FeaturePyramidNetwork, LastLevelMaxPool
 
-from ..models import ConvNeXtFeatures, create_model
+from ..api import create_model
+from ..models import ConvNeXtFeatures
 
 
 def create_backbone(

@@ -1,11 +1,15 @@
-"""The ConvNeXt model family."""
+"""The reference networks: ConvNeXt (hierarchical and isotropic), its block, the roadmap designs, the registry.
+
+Plain PyTorch in the official state-dict layout, nothing else: weights come from `convnext.checkpoints`,
+speed from `convnext.fast`, and `convnext.create_model` puts the three together.
+"""
 
 from .convnext import ConvNeXt, ConvNeXtFeatures
 from .isotropic import ConvNeXtIsotropic
 from .layers import Block, LayerNorm2d
-from .registry import IN22K_CLASSES, MODELS, create_model, list_models
+from .registry import IN22K_CLASSES, MODELS, ModelSpec, build_model, list_models, unknown_model
 
 __all__ = [
     "Block", "ConvNeXt", "ConvNeXtFeatures", "ConvNeXtIsotropic", "IN22K_CLASSES", "LayerNorm2d", "MODELS",
-    "create_model", "list_models",
+    "ModelSpec", "build_model", "list_models", "unknown_model",
 ]

@@ -8,17 +8,12 @@ import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from .layers import COMPUTE_PATHS, Block, LayerNorm2d, inference_dtype
-
-# glibc serves every allocation over 32 MiB (its largest mmap threshold) with a fresh mmap and unmaps it on free,
-# so a full-batch activation over it (38.5 MB for ConvNeXt-T at batch 32 in fp32) page-faults afresh in every
-# block. The fused CPU inference path runs such a batch in pieces under it, which reuse the heap instead.
-_MMAP_CEILING_BYTES = 32 * 2**20
+from .layers import Block, LayerNorm2d
 
 
 class ConvNeXtBase(nn.Module):
-    """What the hierarchical and isotropic ConvNeXt share: the head (pool -> LN -> Linear), the
-    compute-path switch and gradient checkpointing. Subclasses define `forward_features`."""
+    """What the hierarchical and isotropic ConvNeXt share: the head (pool -> LN -> Linear) and gradient
+    checkpointing. Subclasses define `forward_features`."""
 
     num_features: int
 
@@ -30,26 +25,6 @@ class ConvNeXtBase(nn.Module):
             with torch.no_grad():
                 self.head.weight.mul_(head_init_scale)
                 self.head.bias.mul_(head_init_scale)
-
-    def set_compute_path(self, path: str) -> None:
-        """Choose how the blocks run: "linear" (official), "conv" (1x1 convs, channels_last), "fused"
-        (channels_last, fused inference kernels, see `Block`) or "auto".
-
-        "auto" picks per input device at run time: see `resolve_compute_path`. Every path uses the same
-        parameters, so the state dict never changes.
-        """
-        if path not in ("auto", *COMPUTE_PATHS):
-            raise ValueError(f"compute_path must be one of 'auto', {', '.join(map(repr, COMPUTE_PATHS))}; not {path!r}")
-        self.compute_path = path
-
-    def _prepare(self, x: torch.Tensor) -> torch.Tensor:
-        path = resolve_compute_path(self.compute_path, x.device)
-        if path != getattr(self, "_active_path", None):
-            for m in self.modules():
-                if isinstance(m, Block):
-                    m.compute_path = path
-            self._active_path = path
-        return x.contiguous(memory_format=torch.channels_last) if path in ("conv", "fused") else x
 
     def set_grad_checkpointing(self, enable: bool = True) -> None:
         """Recompute activations in the backward pass instead of storing them (per stage or block)."""
@@ -88,7 +63,6 @@ class ConvNeXt(ConvNeXtBase):
         head_init_scale: multiplies the classifier's initial weight and bias (0.001 when fine-tuning).
         patch_size: kernel and stride of the patchify stem (4 in the paper; smaller for tiny images).
         kernel_size: the depthwise convolution's kernel (7 in the paper).
-        compute_path: "auto", "linear" (the official reference), "conv" or "fused"; see `set_compute_path`.
     """
 
     def __init__(
@@ -102,7 +76,6 @@ class ConvNeXt(ConvNeXtBase):
         head_init_scale: float = 1.0,
         patch_size: int = 4,
         kernel_size: int = 7,
-        compute_path: str = "auto",
     ) -> None:
         super().__init__()
         self.depths, self.dims = tuple(depths), tuple(dims)
@@ -127,7 +100,6 @@ class ConvNeXt(ConvNeXtBase):
         self.norm = nn.LayerNorm(dims[-1], eps=1e-6)
         self.apply(_init_weights)
         self._init_head(num_classes, head_init_scale)
-        self.set_compute_path(compute_path)
 
     def run_stage(self, i: int, x: torch.Tensor) -> torch.Tensor:
         """Downsampling (or stem) i followed by stage i."""
@@ -136,37 +108,8 @@ class ConvNeXt(ConvNeXtBase):
             return checkpoint(self.stages[i], x, use_reentrant=False)
         return self.stages[i](x)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Logits (N, num_classes), or pooled features when the classifier is an identity.
-
-        On the fused CPU inference path a batch whose stage-0 activation would pass glibc's mmap ceiling runs in
-        equal pieces under it (`_inference_pieces`); forward hooks on submodules then see each piece."""
-        pieces = self._inference_pieces(x)
-        if pieces is None:
-            return super().forward(x)
-        # Images are independent at inference (LayerNorm is per pixel), so the pieces give the batch's logits.
-        return torch.cat([ConvNeXtBase.forward(self, piece) for piece in x.tensor_split(pieces)])
-
-    def _inference_pieces(self, x: torch.Tensor) -> int | None:
-        """How many pieces to run the batch in, or None to run it whole. Only the fused CPU inference path (no
-        autograd, eval mode, not traced or compiled) splits, when the stage-0 activation would pass
-        `_MMAP_CEILING_BYTES`: into the fewest pieces under it, equal to within an image (docs/speed.md)."""
-        # The path first: an explicit "linear"/"conv" resolves without looking at x (so fx tracing still works)
-        if (self.training or torch.jit.is_tracing() or torch.compiler.is_compiling()
-                or resolve_compute_path(self.compute_path, x.device) != "fused" or x.device.type != "cpu"
-                or x.dim() != 4 or (torch.is_grad_enabled() and any(p.requires_grad for p in self.parameters()))):
-            return None
-        dtype = inference_dtype(x)
-        stride = self.downsample_layers[0][0].stride
-        per_image = self.dims[0] * (x.shape[2] // stride[0]) * (x.shape[3] // stride[1]) * dtype.itemsize
-        fit = _MMAP_CEILING_BYTES // max(per_image, 1)
-        if fit == 0 or x.shape[0] <= fit:  # one image alone over the ceiling: pieces would not avoid it
-            return None
-        return -(-x.shape[0] // fit)  # tensor_split's largest piece, ceil(N / ceil(N / fit)), is at most `fit`
-
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """The last stage's feature map (N, C3, H/32, W/32)."""
-        x = self._prepare(x)
         for i in range(len(self.stages)):
             x = self.run_stage(i, x)
         return x
@@ -216,22 +159,12 @@ class ConvNeXtFeatures(ConvNeXt):
         ]
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
-        x = self._prepare(x)
         outs = []
         for i in range(max(self.out_indices) + 1):
             x = self.run_stage(i, x)
             if i in self.out_indices:
                 outs.append(getattr(self, f"norm{i}")(x))
         return outs
-
-
-def resolve_compute_path(path: str, device: torch.device) -> str:
-    """The compute path that "auto" means on `device`: "fused" (channels_last, no permute copies, folded
-    inference weights, oneDNN fused kernels) on CPU, where it measured fastest (docs/speed.md), and on
-    CUDA, where its channels_last Linear layers avoid the reference's copies; the reference elsewhere."""
-    if path != "auto":
-        return path
-    return "fused" if device.type in ("cpu", "cuda") else "linear"
 
 
 def _init_weights(m: nn.Module) -> None:

@@ -25,7 +25,6 @@ class ConvNeXtIsotropic(ConvNeXtBase):
         layer_scale_init_value: float | None = 0.0,
         head_init_scale: float = 1.0,
         patch_size: int = 16,
-        compute_path: str = "auto",
     ) -> None:
         super().__init__()
         self.num_features = dim
@@ -36,11 +35,10 @@ class ConvNeXtIsotropic(ConvNeXtBase):
         self.norm = nn.LayerNorm(dim, eps=1e-6)
         self.apply(_init_weights)
         self._init_head(num_classes, head_init_scale)
-        self.set_compute_path(compute_path)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """The block output feature map (N, dim, H/16, W/16)."""
-        x = self.stem(self._prepare(x))
+        x = self.stem(x)
         if self.grad_checkpointing and torch.is_grad_enabled():
             return checkpoint_sequential(self.blocks, len(self.blocks), x, use_reentrant=False)
         return self.blocks(x)

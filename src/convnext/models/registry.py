@@ -68,65 +68,56 @@ def list_models(pattern: str = "*") -> list[str]:
     return [n for n in MODELS if fnmatch(n, pattern)]
 
 
-def create_model(
+def unknown_model(name: str) -> ValueError:
+    """The error for a model name that is not registered, with the nearest names."""
+    import difflib
+
+    close = difflib.get_close_matches(name, MODELS, n=3)
+    hint = f" Did you mean {', '.join(close)}?" if close else ""
+    return ValueError(f"Unknown model {name!r}.{hint} See `convnext models` for the list.")
+
+
+def build_model(
     name: str,
     *,
-    pretrained: bool | str = False,
-    num_classes: int | None = None,
+    num_classes: int = 1000,
     in_chans: int = 3,
     drop_path_rate: float = 0.0,
     layer_scale_init_value: float | None = None,
     head_init_scale: float = 1.0,
     features_only: bool = False,
     out_indices: tuple[int, ...] = (0, 1, 2, 3),
-    compute_path: str = "auto",
     **kwargs: Any,
 ) -> nn.Module:
-    """Build a ConvNeXt by name, optionally with weights.
+    """The reference network `name` with random weights (`convnext.create_model` adds weights and speed).
 
     Args:
         name: one of `list_models()`.
-        pretrained: False; True for the default official release; a tag such as "in22k_ft_in1k_384";
-            or the path of a checkpoint in any layout `convnext.load_state_dict` reads.
-        num_classes: classifier outputs (default 1000, or what the pretrained weights have;
-            `IN22K_CLASSES` = 21841 for the 22K head). If it differs from the checkpoint's, only the
-            head is re-initialised, with a warning.
+        num_classes: classifier outputs; `IN22K_CLASSES` = 21841 for the 22K head; 0 for pooled features.
         in_chans: input channels.
         drop_path_rate: stochastic depth of the last block.
         layer_scale_init_value: initial `gamma` (default 1e-6; the isotropic S/B default to none).
         head_init_scale: scale of the initial classifier weights.
-        features_only: return the detection/segmentation backbone (hierarchical models only), whose
-            forward gives the `out_indices` stage outputs, each through its own LayerNorm.
-        compute_path: "auto", "linear", "conv" or "fused" (see `ConvNeXt.set_compute_path`).
+        features_only: the detection/segmentation backbone (hierarchical models only), whose forward gives
+            the `out_indices` stage outputs, each through its own LayerNorm.
         **kwargs: further constructor arguments (e.g. `patch_size`, `kernel_size`, `depths`, `dims`).
+
+    The model's `config` attribute holds `{"model": name, **arguments}`: what rebuilds it (config.json).
     """
     if name not in MODELS:
-        import difflib
-
-        close = difflib.get_close_matches(name, MODELS, n=3)
-        hint = f" Did you mean {', '.join(close)}?" if close else ""
-        raise ValueError(f"Unknown model {name!r}.{hint} Available: {', '.join(list_models())}")
+        raise unknown_model(name)
     spec = MODELS[name]
-    args = dict(spec.kwargs)
+    kwargs = {k: tuple(v) if isinstance(v, list) else v for k, v in kwargs.items()}  # JSON gives lists
+    args = {**spec.kwargs, **kwargs, "in_chans": in_chans, "drop_path_rate": drop_path_rate,
+            "head_init_scale": head_init_scale}
     if layer_scale_init_value is not None:
         args["layer_scale_init_value"] = layer_scale_init_value
-    args.update(kwargs)
-    args.update(in_chans=in_chans, drop_path_rate=drop_path_rate, head_init_scale=head_init_scale,
-                compute_path=compute_path)
-
-    if pretrained:
-        from ..checkpoints import create_pretrained
-
-        return create_pretrained(name, spec, args, pretrained, num_classes=num_classes,
-                                 features_only=features_only, out_indices=out_indices)
-
-    args["num_classes"] = 1000 if num_classes is None else num_classes
     if features_only:
         if spec.cls is not ConvNeXt:
             raise ValueError(f"features_only needs a hierarchical model; {name} is isotropic")
-        model = ConvNeXtFeatures(out_indices=out_indices, **args)
+        model: nn.Module = ConvNeXtFeatures(out_indices=tuple(out_indices), **args)
+        model.config = {"model": name, **args, "features_only": True, "out_indices": tuple(out_indices)}
     else:
-        model = spec.cls(**args)
-    # What `convnext.save` writes to config.json, so the file alone rebuilds the model.
-    model.config = {"model": name, **args}
+        model = spec.cls(num_classes=num_classes, **args)
+        model.config = {"model": name, **args, "num_classes": num_classes}
     return model

@@ -33,7 +33,6 @@ class ModelConfig:
     drop_path_rate: float = 0.1
     layer_scale_init_value: float | None = 1e-6
     head_init_scale: float = 1.0
-    compute_path: str = "auto"
     kwargs: dict = field(default_factory=dict)
     init: str | None = None  # weights to start from (fine-tuning): a training checkpoint or any supported layout
 
@@ -130,7 +129,6 @@ SECTIONS = {"model": ModelConfig, "data": DataConfig, "optim": OptimConfig, "run
 CHOICES = {
     ("data", "dataset"): ("imagefolder", "fashion_mnist"),
     ("data", "bad_images"): ("skip", "stop"),
-    ("model", "compute_path"): ("auto", "linear", "conv"),
     ("run", "device"): ("auto", "cpu", "cuda"),
     ("run", "amp"): ("auto", "bf16", "fp16", "none"),
     ("run", "strategy"): ("ddp", "fsdp"),
@@ -280,7 +278,7 @@ def from_dict(d: dict[str, Any]) -> Config:
 
 def validate(cfg: Config) -> None:
     """Cross-field checks: model kwargs against the constructor, positive sizes, sensible probabilities."""
-    from ..models.registry import MODELS
+    from ..models import MODELS
 
     if cfg.model.name not in MODELS:
         close = difflib.get_close_matches(cfg.model.name, MODELS, n=1)

@@ -23,6 +23,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from .. import fast
 from ..data.datasets import DataError, SeededDataset, build_datasets, collate_skipping
 from ..evaluate import evaluate
 from .config import Config, dump_yaml, effective_batch, scaled_lr
@@ -88,12 +89,12 @@ def seed_everything(seed: int) -> None:
 def build_model(cfg: Config, num_classes: int, in_chans: int) -> nn.Module:
     """The recipe's model, optionally initialised from `model.init` (fine-tuning; the head is re-initialised
     with `head_init_scale` when the number of classes differs)."""
-    from ..models.registry import create_model
+    from ..api import create_model
 
     m = cfg.model
     kwargs: dict[str, Any] = dict(num_classes=m.num_classes or num_classes, in_chans=m.in_chans or in_chans,
                                   drop_path_rate=m.drop_path_rate, head_init_scale=m.head_init_scale,
-                                  compute_path=m.compute_path, **m.kwargs)
+                                  **m.kwargs)
     if m.layer_scale_init_value is not None:
         kwargs["layer_scale_init_value"] = m.layer_scale_init_value
     if m.init and Path(m.init).suffix == ".pt":
@@ -189,7 +190,7 @@ def train(cfg: Config, model: nn.Module | None = None, train_set=None, val_set=N
     scaler = torch.amp.GradScaler("cuda") if dtype == torch.float16 else None
     autocast = (lambda: torch.autocast(device.type, dtype=dtype)) if dtype else nullcontext
     if cfg.run.compile:
-        model = torch.compile(model)
+        model = fast.compile(model)
 
     total_steps = steps_per_epoch * cfg.optim.epochs
     if cfg.run.max_steps:

@@ -19,11 +19,11 @@ import sys
 
 import torch
 
-from .cli_common import add_common_arguments, loop_config, run_and_report, run_dir
-from .data import ADE20KSegmentation, SegmentationEvalTransform, segmentation_train_transform
-from .engine import Task, load_trained, resolve_device
-from .metrics import evaluate_segmentation
-from .segmentation import create_segmenter, segmentation_loss
+from ..downstream.data import ADE20KSegmentation, SegmentationEvalTransform, segmentation_train_transform
+from ..downstream.engine import Task, load_trained, resolve_device
+from ..downstream.metrics import evaluate_segmentation
+from ..downstream.segmentation import create_segmenter, segmentation_loss
+from ._downstream import add_common_arguments, loop_config, run_and_report, run_dir
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -51,7 +51,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def _data_root(args: argparse.Namespace):
     if args.synthetic:
-        from .synthetic import make_ade_shapes
+        from ..downstream.synthetic import make_ade_shapes
 
         root = run_dir(args) / "data"
         if not (root / "annotations" / "validation").exists():

@@ -1,10 +1,8 @@
-"""`convnext convert SRC DST --to LAYOUT`: rewrite a checkpoint in another layout (or in ours)."""
+"""Rewrite a checkpoint in another layout (or in ours): what `convnext convert` does."""
 
 from __future__ import annotations
 
-import argparse
 import os
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +11,7 @@ from .io import read_checkpoint, unwrap_state_dict, write_json, write_state_dict
 from .layouts import LAYOUTS, detect_layout, from_official, to_official
 from .matching import infer_config
 from .ours import read_config, save_state_dict
+from .pretrained import imagenet_class_names
 
 TARGETS = (*LAYOUTS, "safetensors")
 
@@ -53,15 +52,13 @@ def hf_config(official: dict) -> dict[str, Any]:
     layer_norm_eps is written as 1e-6, the value every other implementation uses for the final LayerNorm,
     so that the HF model computes exactly what ours does (HF's own default there is 1e-12).
     """
-    from ..predict import class_names
-
     cfg = infer_config(official)
     if "features_only" in cfg or "downsample_layers.0.0.weight" not in official:
         raise CheckpointError("The HF layout holds the hierarchical classifier only (no isotropic model or "
                               "detection backbone).")
     n_stages = 1 + max(int(k.split(".")[1]) for k in official if k.startswith("stages."))
     depths = [1 + max(int(k.split(".")[2]) for k in official if k.startswith(f"stages.{i}.")) for i in range(n_stages)]
-    names = class_names(cfg["num_classes"])
+    names = imagenet_class_names(cfg["num_classes"])
     stem = official["downsample_layers.0.0.weight"]
     return {
         "architectures": ["ConvNextForImageClassification"], "model_type": "convnext",
@@ -72,25 +69,3 @@ def hf_config(official: dict) -> dict[str, Any]:
         "image_size": 224, "id2label": {str(i): n for i, n in enumerate(names)},
         "label2id": {n: i for i, n in enumerate(names)},
     }
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("src", help="checkpoint to read: any layout, file or directory (ours, HF)")
-    parser.add_argument("dst", help="where to write (a directory for --to safetensors/hf, else a file)")
-    parser.add_argument("--to", required=True, choices=TARGETS, help="layout to write")
-    parser.add_argument("--key", default=None,
-                        help="entry of a wrapped checkpoint holding the weights (default: model / state_dict; "
-                             "e.g. model_ema for the EMA weights of an official training checkpoint)")
-    parser.add_argument("--timm-conv-mlp", action="store_true",
-                        help="write timm's 1x1-conv MLP weights (needed by timm's convnext_atto..nano)")
-
-
-def main(args: argparse.Namespace) -> int:
-    try:
-        out, layout = convert(args.src, args.dst, args.to, key=args.key, conv_mlp=args.timm_conv_mlp)
-    except (CheckpointError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    print(f"{args.src} ({layout} layout) -> {out} ({args.to})")
-    return 0
-

@@ -4,30 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-import torch
-
-from ..flops import count_macs, count_params
-from .registry import MODELS, create_model, list_models
-
-
-def model_table(pattern: str = "*") -> list[dict]:
-    """One row per model: our params (M) and GMACs at 224 and 384, and the paper's figures."""
-    rows = []
-    for name in list_models(pattern):
-        with torch.device("meta"):  # counting needs shapes only: even XL costs no memory
-            model = create_model(name)
-        paper = MODELS[name].paper
-        rows.append({
-            "model": name,
-            "params_m": count_params(model) / 1e6,
-            "gmacs_224": count_macs(model, 224) / 1e9,
-            "gmacs_384": count_macs(model, 384) / 1e9,
-            "paper_params_m": paper.get("params"),
-            "paper_gmacs_224": paper.get("gmacs_224"),
-            "paper_gmacs_384": paper.get("gmacs_384"),
-            "paper_top1": paper.get("top1"),
-        })
-    return rows
+from ..flops import model_table
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -10,7 +10,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from .engine import LoopConfig, NonFiniteLossError, Task, seed_everything, train_downstream
+from ..downstream.engine import LoopConfig, NonFiniteLossError, Task, seed_everything, train_downstream
 
 
 def add_common_arguments(parser: argparse.ArgumentParser, model: str, layer_decay: float, warmup: int,

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from .metrics import ALEXNET_ERRORS, CORRUPTIONS, SEVERITIES, alexnet_clean_error, summarize
+from ..robustness.metrics import ALEXNET_ERRORS, CORRUPTIONS, SEVERITIES, alexnet_clean_error, summarize
 
 SUITES = ("imagenet-c", "imagenet-a", "imagenet-r", "imagenet-sketch", "corrupted")
 
@@ -83,10 +83,10 @@ def _baseline(args: argparse.Namespace) -> tuple[str | None, dict | None, float 
 
 
 def main(args: argparse.Namespace) -> int:
-    from .. import create_model
-    from .chart import plot_corruption_errors
-    from .evaluate import evaluate_corruptions, image_folder, top1_error
-    from .subsets import imagenet_synsets, subset_indices
+    from ..api import create_model
+    from ..robustness.chart import plot_corruption_errors
+    from ..robustness.evaluate import evaluate_corruptions, image_folder, top1_error
+    from ..robustness.subsets import imagenet_synsets, subset_indices
 
     model = create_model(args.model, pretrained=args.weights, num_classes=args.num_classes, in_chans=args.in_chans)
     model = model.to(args.device).eval()

@@ -2,10 +2,11 @@
 
 oneDNN computes the forward pass and the input gradient of a depthwise 7x7 convolution with fast
 depthwise kernels, but its weight gradient runs a generic grouped-convolution kernel, 4-17x slower than
-the kernel below here, and 30% of a bf16 ConvNeXt-T training step (benchmarks/RESULTS.md, docs/speed.md).
+the kernel below on ConvNeXt-T's stage shapes (benchmarks/dwconv_grad.md, a 2-core Xeon with AMX).
 The weight gradient, dW[c, i, j] = sum over n, h, w of grad[n, h, w, c] * x[n, h + i - p, w + j - p, c], is
 a channel-vectorised multiply-accumulate on channels_last storage, written below in C++ and compiled
-once per machine with torch's extension loader. Where no compiler is found, the native gradient is used.
+once per machine with torch's extension loader and checked against ATen's gradient once per process. Where
+no compiler is found, or the check fails, the native gradient is used.
 """
 
 from __future__ import annotations
@@ -74,15 +75,15 @@ torch::Tensor dw_weight_grad(torch::Tensor x, torch::Tensor g, int64_t k) {
 """
 
 _kernel = None
-_kernel_tried = False
+_kernel_note = "not tried yet"
 
 
 def _load_kernel():
-    """The compiled weight-gradient kernel, or None where it cannot be built (warned once)."""
-    global _kernel, _kernel_tried
-    if _kernel_tried:
+    """The compiled weight-gradient kernel, or None where it cannot be built or computes wrong here (warned once)."""
+    global _kernel, _kernel_note
+    if _kernel_note != "not tried yet":
         return _kernel
-    _kernel_tried = True
+    _kernel_note = "off: CONVNEXT_NO_EXTENSION is set"
     if os.environ.get("CONVNEXT_NO_EXTENSION"):
         return None
     try:
@@ -101,16 +102,49 @@ def _load_kernel():
         capability = torch.backends.cpu.get_cpu_capability()
         isa = {"AVX512": ["-mavx512f", "-mavx512vl", "-mfma", "-mprefer-vector-width=512"],
                "AVX2": ["-mavx2", "-mfma"]}.get(capability, [])
-        _kernel = load_inline(
+        kernel = load_inline(
             name=f"convnext_dwconv_grad_v1_{capability.lower()}", cpp_sources=_SOURCE, functions=["dw_weight_grad"],
             extra_cflags=["-O3", "-fopenmp", *isa], extra_ldflags=["-fopenmp"], verbose=False,
         ).dw_weight_grad
     except Exception as e:  # no compiler or ninja, a read-only cache, ...: the native gradient still works
+        _kernel_note = f"off: it could not be compiled ({e!s:.200})"
         warnings.warn(f"convnext: the fast depthwise weight gradient could not be compiled ({e!s:.200}); "
                       "training uses PyTorch's own, which is slower on CPU. Install a C++ compiler and ninja "
                       "to enable it, or set CONVNEXT_NO_EXTENSION=1 to silence this.", stacklevel=3)
-        _kernel = None
+        return None
+    problem = _check(kernel)
+    if problem:
+        _kernel_note = f"off: {problem}"
+        warnings.warn(f"convnext: the compiled depthwise weight gradient {problem}; training uses PyTorch's own.",
+                      stacklevel=3)
+        return None
+    _kernel, _kernel_note = kernel, f"compiled for {capability}"
     return _kernel
+
+
+def _check(kernel) -> str | None:
+    """None if the kernel's gradient equals ATen's on a small odd-sized input (all code paths: 64-, 16- and
+    1-channel blocks, borders), else what went wrong."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 81, 9, 11, generator=g).contiguous(memory_format=torch.channels_last)
+    grad = torch.randn(2, 81, 9, 11, generator=g).contiguous(memory_format=torch.channels_last)
+    want = torch.ops.aten.convolution_backward(grad.double(), x.double(), torch.zeros(81, 1, 7, 7, dtype=torch.double),
+                                               None, [1, 1], [3, 3], [1, 1], False, [0, 0], 81,
+                                               [False, True, False])[1]
+    try:
+        got = kernel(x, grad, 7).double()
+    except RuntimeError as e:
+        return f"fails on this CPU ({str(e).splitlines()[0][:100]})"
+    # fp32 sums of ~200 products: a correct kernel is within a few fp32 roundings of the fp64 gradient
+    if not torch.allclose(got, want, rtol=1e-4, atol=1e-4):
+        return f"gives wrong results on this CPU (max error {(got - want).abs().max().item():.2e})"
+    return None
+
+
+def kernel_status() -> str:
+    """Whether the compiled depthwise weight gradient is in use, and why not (compiles it on first call)."""
+    _load_kernel()
+    return _kernel_note
 
 
 @torch.library.custom_op("convnext::dw_weight_grad", mutates_args=())

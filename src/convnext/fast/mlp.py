@@ -15,20 +15,12 @@ import torch
 import torch.nn.functional as F
 from torch.autograd.function import once_differentiable
 
-
-def _has_onednn_linear() -> bool:
-    try:
-        return torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
-    except (AttributeError, RuntimeError):
-        return False
-
-
-_HAS_ONEDNN_LINEAR = _has_onednn_linear()
+from .probe import capabilities
 
 
 def onednn_fusion(x: torch.Tensor) -> bool:
-    """Whether oneDNN's fused Linear kernels serve this tensor: CPU, fp32 or bf16, a oneDNN build."""
-    return x.device.type == "cpu" and x.dtype in (torch.float32, torch.bfloat16) and _HAS_ONEDNN_LINEAR
+    """Whether oneDNN's fused Linear kernels serve this tensor: on the CPU, in a dtype they were probed to work in."""
+    return x.device.type == "cpu" and capabilities().linear_kernels(x.dtype)
 
 
 class _PointwiseMLP(torch.autograd.Function):

@@ -12,7 +12,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from .config import ConfigError, list_recipes, load_config
+from ..train.config import ConfigError, list_recipes, load_config
 
 DEFAULT_RECIPE = "fashion_mnist"
 
@@ -48,13 +48,13 @@ def main(args: argparse.Namespace) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     if args.print_config:
-        from .config import dump_yaml
+        from ..train.config import dump_yaml
 
         print(dump_yaml(cfg.to_dict()), end="")
         return 0
 
     from ..data.datasets import DataError
-    from .engine import NonFiniteLossError, train
+    from ..train.engine import NonFiniteLossError, train
 
     try:
         result = train(cfg)

@@ -20,11 +20,11 @@ import sys
 
 import torch
 
-from .cli_common import add_common_arguments, loop_config, run_and_report, run_dir
-from .data import coco_detection, coco_of, collate_detection, num_coco_classes
-from .detection import MULTISCALE_MIN_SIZES, create_detector
-from .engine import Task, load_trained, resolve_device
-from .metrics import evaluate_detection
+from ..downstream.data import coco_detection, coco_of, collate_detection, num_coco_classes
+from ..downstream.detection import MULTISCALE_MIN_SIZES, create_detector
+from ..downstream.engine import Task, load_trained, resolve_device
+from ..downstream.metrics import evaluate_detection
+from ._downstream import add_common_arguments, loop_config, run_and_report, run_dir
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -49,7 +49,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def _data(args: argparse.Namespace):
     if args.synthetic:
-        from .synthetic import make_coco_shapes
+        from ..downstream.synthetic import make_coco_shapes
 
         root = run_dir(args) / "data"
         if not (root / "train" / "annotations.json").exists():
