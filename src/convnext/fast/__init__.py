@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from ..models.layers import Block
-from .block import FastBlock, FrozenBlock
+from .block import FAST_BLOCKS, FastBlock, FrozenBlock
 from .dwconv import kernel_status
 from .probe import Capabilities, capabilities
 
@@ -36,8 +36,8 @@ def optimize(model: nn.Module) -> nn.Module:
     same numbers to within floating-point rounding. `with reference(model):` undoes it for a while.
     """
     for m in model.modules():
-        if type(m) is Block:
-            m.__class__ = FastBlock
+        if type(m) in FAST_BLOCKS:
+            m.__class__ = FAST_BLOCKS[type(m)]
     return model
 
 
@@ -45,14 +45,14 @@ def optimize(model: nn.Module) -> nn.Module:
 def reference(model: nn.Module) -> Iterator[nn.Module]:
     """Within this context `model`'s blocks compute with the reference's ops (for exporters and FLOP counters,
     which need standard ops); `optimize`'s blocks are restored on exit."""
-    swapped = [m for m in model.modules() if type(m) is FastBlock]
-    for m in swapped:
-        m.__class__ = Block
+    swapped = [(m, type(m)) for m in model.modules() if type(m) in FAST_BLOCKS.values()]
+    for m, cls in swapped:
+        m.__class__ = cls.__base__  # each fast block subclasses the reference block it replaces
     try:
         yield model
     finally:
-        for m in swapped:
-            m.__class__ = FastBlock
+        for m, cls in swapped:
+            m.__class__ = cls
 
 
 def freeze(model: nn.Module, dtype: torch.dtype | None = None) -> nn.Module:
