@@ -59,7 +59,7 @@ def main() -> int:
             return tta.returncode
         tta = json.loads(tta.stdout)
         epochs = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
-        epochs = [e for e in epochs if e["type"] == "epoch"]
+        epochs = [e for e in epochs if e["type"] == "eval"]
         record = {
             "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
             "command": "convnext train" + (f" --recipe {args.recipe}" if args.recipe else "")

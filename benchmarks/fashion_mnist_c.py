@@ -28,8 +28,8 @@ from convnext.flops import count_macs, count_params
 from convnext.robustness import evaluate_corruptions, summarize
 from convnext.robustness.corrupt import fashion_mnist_samples, write_corrupted
 from convnext.robustness.evaluate import top1_error
+from convnext.train.classification import build_model, train
 from convnext.train.config import load_config
-from convnext.train.engine import build_model, train
 
 HERE = Path(__file__).resolve().parent
 

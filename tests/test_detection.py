@@ -154,7 +154,7 @@ def test_cli_trains_evaluates_and_explains_missing_data(tmp_path, capsys):
     out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert 0 <= out["final"]["bbox_AP"] <= 100 and 0 <= out["final"]["segm_AP"] <= 100
     ck = torch.load(tmp_path / "d" / "best.pt", weights_only=True)
-    assert ck["task"] == "detection" and ck["iter"] == 4 and list(ck["config"]["model"]["min_size"]) == [112, 128]
+    assert ck["task"] == "detection" and ck["global_step"] == 4 and list(ck["model_config"]["min_size"]) == [112, 128]
     records = [json.loads(line) for line in (tmp_path / "d" / "metrics.jsonl").read_text().splitlines()]
     assert {"loss_classifier", "loss_mask", "loss_objectness"} <= set(records[0])
 
@@ -182,11 +182,10 @@ def test_backbone_loads_classification_checkpoints_in_any_layout(tmp_path):
 
 
 def test_step_schedule_with_warmup_matches_mmdet():
-    from convnext.downstream.engine import LoopConfig, lr_at
+    from convnext.train.optim import LRSchedule, lr_at
 
-    cfg = LoopConfig(run_dir="unused", iters=360, lr=1e-4, schedule="step", milestones=(270, 330), warmup_iters=50,
-                     warmup_ratio=1e-3)
-    assert [lr_at(i, cfg) for i in (0, 25, 50, 269, 270, 330, 359)] == pytest.approx(
+    schedule = LRSchedule("step", warmup_steps=50, warmup_ratio=1e-3, milestones=(270, 330))
+    assert [lr_at(i, 360, 1e-4, schedule) for i in (0, 25, 50, 269, 270, 330, 359)] == pytest.approx(
         [1e-7, 1e-4 * (1 - 0.5 * 0.999), 1e-4, 1e-4, 1e-5, 1e-6, 1e-6])
 
 

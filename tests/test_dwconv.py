@@ -4,11 +4,11 @@ import copy
 
 import pytest
 import torch
-from numerics import assert_as_accurate
 from torch import nn
 
 from convnext.fast import dwconv
 from convnext.fast.dwconv import depthwise_conv
+from numerics import assert_as_accurate
 
 
 def _grads(conv: nn.Conv2d, x: torch.Tensor, use_ours: bool) -> tuple[torch.Tensor, ...]:

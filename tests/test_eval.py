@@ -94,7 +94,7 @@ def test_train_then_eval_cli(tmp_path, capsys, _keep_threads):
         assert (run / f).exists(), f
     assert any((run / "tb").iterdir())
     epochs = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
-    assert [e["epoch"] for e in epochs if e["type"] == "epoch"] == [1, 2]
+    assert [e["epoch"] for e in epochs if e["type"] == "eval"] == [1, 2]
     # the checkpoint loads safely, in the official layout
     ck = torch.load(run / "best.pt", weights_only=True)
     assert "stages.0.0.dwconv.weight" in ck["model"] and ck["config"]["model"]["name"] == "convnext_fmnist"
@@ -114,7 +114,7 @@ def test_train_then_eval_cli(tmp_path, capsys, _keep_threads):
     last = CheckpointManager(run).latest()
     assert main(["eval", "--weights", str(last), "--limit", "256", "--json", "--workers", "0"]) == 0
     out_last = json.loads(capsys.readouterr().out)
-    final = [e for e in epochs if e["type"] == "epoch"][-1]
+    final = [e for e in epochs if e["type"] == "eval"][-1]
     assert out_last["top1"] == pytest.approx(final["top1"], abs=1e-6)
     assert out_last["ema_top1"] == pytest.approx(final["ema_top1"], abs=1e-6)
 

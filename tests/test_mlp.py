@@ -3,9 +3,9 @@
 import pytest
 import torch
 import torch.nn.functional as F
-from numerics import assert_as_accurate
 
 from convnext.fast.mlp import pointwise_mlp
+from numerics import assert_as_accurate
 
 
 def _inputs(c: int = 24, shape=(2, 5, 7)):

@@ -206,7 +206,7 @@ def test_table_and_figure_show_measured_results(tmp_path, rows_t):
 
 def test_train_step_uses_the_engine_with_the_papers_ema_and_recipe_rules(tmp_path, monkeypatch):
     """What train_step hands the shared engine, per step (the engine itself is tested in test_train_engine)."""
-    import convnext.train.engine as engine
+    import convnext.train as engine
     from convnext.models.roadmap import RoadmapNet
     from convnext.roadmap import train_step
 

@@ -177,15 +177,14 @@ def test_cli_resumes_exactly_evaluates_and_refuses_to_overwrite(tmp_path, capsys
 
 
 def test_poly_schedule_and_optimizer_groups_match_mmseg():
-    from convnext.downstream.engine import LoopConfig, lr_at
-    from convnext.train.optim import build_optimizer
+    from convnext.train.optim import LRSchedule, build_optimizer, lr_at
 
-    cfg = LoopConfig(run_dir="unused", iters=1000, lr=1e-4, schedule="poly", warmup_iters=100, warmup_ratio=1e-6)
+    schedule = LRSchedule("poly", warmup_steps=100, warmup_ratio=1e-6)
     # mmcv: poly (power 1) lr, times 1 - (1 - it / warmup) * (1 - ratio) during warmup
-    assert lr_at(0, cfg) == pytest.approx(1e-4 * 1e-6)
-    assert lr_at(50, cfg) == pytest.approx(1e-4 * 0.95 * (1 - 0.5 * (1 - 1e-6)))
-    assert lr_at(500, cfg) == pytest.approx(0.5e-4)
-    assert lr_at(999, cfg) == pytest.approx(1e-7)
+    assert lr_at(0, 1000, 1e-4, schedule) == pytest.approx(1e-4 * 1e-6)
+    assert lr_at(50, 1000, 1e-4, schedule) == pytest.approx(1e-4 * 0.95 * (1 - 0.5 * (1 - 1e-6)))
+    assert lr_at(500, 1000, 1e-4, schedule) == pytest.approx(0.5e-4)
+    assert lr_at(999, 1000, 1e-4, schedule) == pytest.approx(1e-7)
     with torch.device("meta"):
         m = create_segmenter("upernet_convnext_tiny")
     opt = build_optimizer(m, 1e-4, 0.05, layer_decay=0.9)
@@ -197,14 +196,16 @@ def test_poly_schedule_and_optimizer_groups_match_mmseg():
 
 
 def test_nan_loss_stops_without_a_checkpoint_and_bad_images_are_named(tmp_path, ade):
-    from convnext.downstream.engine import LoopConfig, NonFiniteLossError, Task, train_downstream
+    from convnext.downstream.engine import DownstreamTask
+    from convnext.train.loop import LoopConfig, NonFiniteLossError, run
 
     train = ADE20KSegmentation(ade, "training", segmentation_train_transform(crop=32, short=32, long=128))
-    task = Task("segmentation", tiny_segmenter(), train, lambda items: items,
-                lambda model, batch, device: {"loss": torch.tensor(float("nan"), requires_grad=True)},
-                lambda model: {"mIoU": 0.0}, "mIoU", {})
-    with pytest.raises(NonFiniteLossError, match="iteration 0.*none yet"):
-        train_downstream(task, LoopConfig(run_dir=str(tmp_path / "run"), iters=4, workers=0, progress=False))
+    task = DownstreamTask("segmentation", tiny_segmenter(), train, lambda items: items,
+                          lambda model, batch, device: {"loss": torch.tensor(float("nan"), requires_grad=True)},
+                          lambda model: {"mIoU": 0.0}, "mIoU", {})
+    with pytest.raises(NonFiniteLossError, match="step 0.*none yet"):
+        run(task, LoopConfig(run_dir=str(tmp_path / "run"), batch_size=2, lr=1e-4, iters=4, workers=0,
+                             progress=False))
     assert not list((tmp_path / "run").glob("*.pt"))
 
     (tmp_path / "images" / "x").mkdir(parents=True)

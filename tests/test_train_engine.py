@@ -15,7 +15,6 @@ import torch
 from conftest import cli_env
 from convnext.data.datasets import DataError
 from convnext.train import NonFiniteLossError, load_config, train
-from convnext.train.engine import PAUSE_ENV
 from convnext.train.state import CheckpointManager, load_checkpoint
 
 # A tiny ConvNeXt on 192 Fashion-MNIST images, batch 32: 6 steps per epoch.
@@ -102,11 +101,12 @@ def test_sigkill_mid_epoch_then_resume_is_bit_exact(tmp_path):
     extra = ["optim.epochs=2", "run.ckpt_every_steps=1", "data.mixup=0.8", "data.cutmix=1.0",
              "model.drop_path_rate=0.1", "run.ema_decay=0.9"]  # every RNG the loop draws from is in play
     ref = train(_cfg(tmp_path, "ref", *extra))
-    # Kill the same run at global step 9 (epoch 1, step 3 of 6), then resume it.
-    args = [f"--set={s}" for s in [*TINY, *extra]]
-    env = {**cli_env(), PAUSE_ENV: "9"}
-    proc = subprocess.Popen([sys.executable, "-m", "convnext", "train", "--out", str(tmp_path), "--name", "killed",
-                             *args], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    # Kill the same run at global step 9 (epoch 1, step 3 of 6), then resume it. A step callback pauses the run
+    # right after step 9's checkpoint, so that the kill lands at a known place.
+    overrides = [*TINY, *extra, f"run.out_dir={tmp_path}", "run.name=killed"]
+    script = _PAUSED_RUN.format(overrides=overrides)
+    proc = subprocess.Popen([sys.executable, "-c", script], env=cli_env(), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE)
     marker = tmp_path / "killed" / "paused-at-9"
     deadline = time.time() + 120
     while not marker.exists():
@@ -129,6 +129,19 @@ def test_sigkill_mid_epoch_then_resume_is_bit_exact(tmp_path):
             assert torch.equal(a[part][k], b[part][k]), f"{part}.{k} differs after resume"
     assert a["optimizer"]["state"][0]["exp_avg_sq"].equal(b["optimizer"]["state"][0]["exp_avg_sq"])
     assert resumed.final_top1 == ref.final_top1
+
+
+_PAUSED_RUN = """
+import signal
+from convnext.train import load_config, train
+
+def pause_at_9(state):
+    if state.global_step == 9:
+        (state.run_dir / "paused-at-9").touch()
+        signal.pause()
+
+train(load_config("fashion_mnist", {overrides!r}), callbacks=[pause_at_9])
+"""
 
 
 def _free_port():

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from convnext import create_model
-from convnext.train.optim import build_ema, build_optimizer, lr_at, param_groups, set_lr
+from convnext.train.optim import LRSchedule, build_ema, build_optimizer, lr_at, param_groups, set_lr
 
 
 def test_no_weight_decay_on_biases_and_1d_params():
@@ -57,17 +57,18 @@ def test_layer_decay_tiny_works_with_its_9_block_stage():
 
 def test_schedule_warmup_and_cosine_endpoints():
     base, total, warm, min_lr = 4e-3, 1000, 100, 1e-6
-    assert lr_at(0, total, base, warm, min_lr) == 0.0
-    assert lr_at(50, total, base, warm, min_lr) == pytest.approx(base / 2)
-    assert lr_at(100, total, base, warm, min_lr) == pytest.approx(base)
-    assert lr_at(550, total, base, warm, min_lr) == pytest.approx((base + min_lr) / 2)
-    assert lr_at(1000, total, base, warm, min_lr) == pytest.approx(min_lr)
-    mid = lr_at(325, total, base, warm, min_lr)
+    cos = LRSchedule("cosine", warmup_steps=warm, min_lr=min_lr)
+    assert lr_at(0, total, base, cos) == 0.0
+    assert lr_at(50, total, base, cos) == pytest.approx(base / 2)
+    assert lr_at(100, total, base, cos) == pytest.approx(base)
+    assert lr_at(550, total, base, cos) == pytest.approx((base + min_lr) / 2)
+    assert lr_at(1000, total, base, cos) == pytest.approx(min_lr)
+    mid = lr_at(325, total, base, cos)
     assert mid == pytest.approx(min_lr + 0.5 * (base - min_lr) * (1 + math.cos(math.pi * 0.25)))
-    lrs = [lr_at(s, total, base, warm, min_lr) for s in range(total)]
+    lrs = [lr_at(s, total, base, cos) for s in range(total)]
     assert all(a <= b for a, b in zip(lrs[:warm], lrs[1:warm + 1], strict=True))
     assert all(a >= b for a, b in zip(lrs[warm:-1], lrs[warm + 1:], strict=True))
-    assert lr_at(10, 100, 1.0, 0, 0.0) == pytest.approx(0.5 * (1 + math.cos(math.pi * 0.1)))  # no warmup
+    assert lr_at(10, 100, 1.0) == pytest.approx(0.5 * (1 + math.cos(math.pi * 0.1)))  # no warmup
 
 
 def test_ema_is_the_exponential_average_of_the_weights():

@@ -37,7 +37,7 @@ def evaluate(model: nn.Module, loader, device: torch.device | str = "cpu", amp_d
     `tta="hflip"` scores each image by the mean of its and its mirror image's class probabilities (the loss is
     then the cross-entropy of that mean), for models trained with horizontal flips.
     """
-    from .train.distributed import all_reduce_sum
+    from .distributed import all_reduce_sum
 
     if tta not in TTA_MODES:
         raise ValueError(f"Unknown test-time augmentation {tta!r}: use one of {', '.join(TTA_MODES)}")
@@ -89,6 +89,15 @@ def load_for_eval(weights: str, model_name: str | None = None, num_classes: int 
 
         ck = load_checkpoint(path)
         cfg = ck.get("config")
+        if "model_config" in ck:
+            from .api import model_from_config
+
+            def rebuild(state: dict) -> nn.Module:
+                model = model_from_config(ck["model_config"])
+                model.load_state_dict(state)
+                return model
+
+            return rebuild(ck["model"]), cfg, (rebuild(ck["ema"]) if ck.get("ema") is not None else None)
         if not cfg:
             raise ValueError(f"{path} has no config; pass --model NAME to read it as plain weights")
         m, res = cfg["model"], cfg.get("resolved", {})

@@ -345,8 +345,8 @@ def train_step(step: Step, design: Design, seed: int, cfg: SweepConfig, run_dir:
     in `run_dir`, and resumes from its checkpoints there if the sweep was interrupted inside it.
     """
     from .data.datasets import build_datasets
+    from .train import train
     from .train.config import load_config
-    from .train.engine import train
 
     modern = design.recipe == "modern"
     fmnist = cfg.data == "fashion-mnist"

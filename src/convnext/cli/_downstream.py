@@ -5,12 +5,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
-from ..downstream.engine import LoopConfig, NonFiniteLossError, Task, seed_everything, train_downstream
+from ..downstream.engine import DownstreamTask
+from ..train.loop import LoopConfig, run, seed_everything
+from ..train.optim import LRSchedule
 
 
 def add_common_arguments(parser: argparse.ArgumentParser, model: str, layer_decay: float, warmup: int,
@@ -53,29 +53,29 @@ def add_common_arguments(parser: argparse.ArgumentParser, model: str, layer_deca
     o.add_argument("--clip-grad", type=float, default=None, help="clip the gradient norm (default: off)")
 
 
-def loop_config(args: argparse.Namespace, iters: int, **kw: Any) -> LoopConfig:
-    """The `LoopConfig` the common options describe, for a run of `iters` iterations."""
+def loop_config(args: argparse.Namespace, iters: int, kind: str, warmup_ratio: float,
+                milestones: tuple[int, ...] = ()) -> LoopConfig:
+    """The `LoopConfig` the common options describe, for a run of `iters` iterations on the `kind` schedule."""
     return LoopConfig(
         run_dir=str(run_dir(args)), iters=iters, batch_size=args.batch_size, lr=args.lr,
-        weight_decay=args.weight_decay, layer_decay=args.layer_decay or None, warmup_iters=args.warmup_iters,
-        clip_grad=args.clip_grad, eval_every=args.eval_every, ckpt_every=args.ckpt_every, device=args.device,
-        amp=args.amp, seed=args.seed, workers=args.workers, threads=args.threads, resume=args.resume,
-        progress=not args.no_progress, tensorboard=args.tensorboard, stop_at=args.stop_at, **kw)
+        schedule=LRSchedule(kind, warmup_steps=args.warmup_iters, warmup_ratio=warmup_ratio, milestones=milestones),
+        weight_decay=args.weight_decay, layer_decay=args.layer_decay or None, clip_grad=args.clip_grad,
+        eval_every=args.eval_every, ckpt_every=args.ckpt_every, device=args.device, amp=args.amp, seed=args.seed,
+        workers=args.workers, threads=args.threads or None, resume=args.resume, progress=not args.no_progress,
+        tensorboard=args.tensorboard, stop_at=args.stop_at, sync_batchnorm=True, log_every=20,
+        record={"args": {k: v for k, v in vars(args).items() if isinstance(v, (int, float, str, list, type(None)))}})
 
 
 def run_dir(args: argparse.Namespace) -> Path:
     return Path(args.out) / (args.name or args.model)
 
 
-def run_and_report(task: Callable[[], Task], cfg: Callable[[Task], LoopConfig], seed: int) -> int:
-    """Build the task, train, print the summary; clear one-line errors (exit 2) for bad input or a NaN loss."""
-    try:
-        seed_everything(seed)  # the model's initial weights: the same in every process and every run
-        t = task()
-        summary = train_downstream(t, cfg(t))
-    except (FileNotFoundError, FileExistsError, ValueError, OSError, NonFiniteLossError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+def run_and_report(task: Callable[[], DownstreamTask], cfg: Callable[[DownstreamTask], LoopConfig], seed: int) -> int:
+    """Build the task, train, print the summary (errors reach the user as one line through the CLI)."""
+    seed_everything(seed)  # the model's initial weights: the same in every process and every run
+    t = task()
+    summary = run(t, cfg(t))
     if int(os.environ.get("RANK", "0")) == 0:  # under torchrun only rank 0 evaluates and reports
-        print(json.dumps({"best": summary["best"], "final": summary["final"], "run_dir": summary["run_dir"]}))
+        best = {**(summary["best"]["metrics"] or {}), "step": summary["best"]["step"]}
+        print(json.dumps({"best": best, "final": summary["final"], "run_dir": summary["run_dir"]}))
     return 0

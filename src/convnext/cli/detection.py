@@ -16,14 +16,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 
 import torch
 
 from ..downstream.data import coco_detection, coco_of, collate_detection, num_coco_classes
 from ..downstream.detection import MULTISCALE_MIN_SIZES, create_detector
-from ..downstream.engine import Task, load_trained, resolve_device
+from ..downstream.engine import DownstreamTask, load_trained
 from ..downstream.metrics import evaluate_detection
+from ..train.loop import resolve_device
 from ._downstream import add_common_arguments, loop_config, run_and_report, run_dir
 
 
@@ -82,25 +82,21 @@ def _loss(model, batch, device):
 
 def main(args: argparse.Namespace) -> int:
     if args.eval_only:
-        try:
-            _, val = _data(args)
-            model, _ = load_trained(args.eval_only, create_detector)
-        except (FileNotFoundError, ValueError, OSError) as e:
-            print(f"error: {e}", file=sys.stderr)
-            return 2
+        _, val = _data(args)
+        model, _ = load_trained(args.eval_only, create_detector)
         print(json.dumps(_evaluator(args, val)(model.to(resolve_device(args.device)))))
         return 0
 
-    def task() -> Task:
+    def task() -> DownstreamTask:
         train, val = _data(args)
         num_classes = args.num_classes or num_coco_classes(train)
         model = create_detector(args.model, num_classes, pretrained_backbone=args.pretrained or False,
                                 drop_path_rate=args.drop_path, min_size=tuple(args.min_size), max_size=args.max_size,
                                 **args.model_args)
-        return Task("detection", model, train, collate_detection, _loss, _evaluator(args, val), "bbox_AP",
+        return DownstreamTask("detection", model, train, collate_detection, _loss, _evaluator(args, val), "bbox_AP",
                     model.config)
 
-    def cfg(t: Task):
+    def cfg(t: DownstreamTask):
         per_epoch = len(t.train_set) // (args.batch_size * int(os.environ.get("WORLD_SIZE", "1")))
         if per_epoch == 0:
             raise ValueError(f"{len(t.train_set)} training images are fewer than one batch; lower --batch-size")
@@ -108,6 +104,6 @@ def main(args: argparse.Namespace) -> int:
         if args.max_iters:
             iters = min(iters, args.max_iters)
         milestones = tuple(round(m * per_epoch) for m in args.milestones)
-        return loop_config(args, iters, schedule="step", milestones=milestones, warmup_ratio=1e-3)
+        return loop_config(args, iters, "step", warmup_ratio=1e-3, milestones=milestones)
 
     return run_and_report(task, cfg, args.seed)

@@ -42,7 +42,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def main(args: argparse.Namespace) -> int:
     from ..data.datasets import DataError, SeededDataset, build_datasets, collate_skipping
     from ..train.config import DataConfig, from_dict
-    from ..train.engine import resolve_device
+    from ..train.loop import resolve_device
 
     device = resolve_device(args.device)
     try:

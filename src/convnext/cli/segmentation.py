@@ -15,14 +15,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 
 import torch
 
 from ..downstream.data import ADE20KSegmentation, SegmentationEvalTransform, segmentation_train_transform
-from ..downstream.engine import Task, load_trained, resolve_device
+from ..downstream.engine import DownstreamTask, load_trained
 from ..downstream.metrics import evaluate_segmentation
 from ..downstream.segmentation import create_segmenter, segmentation_loss
+from ..train.loop import resolve_device
 from ._downstream import add_common_arguments, loop_config, run_and_report, run_dir
 
 
@@ -85,29 +85,26 @@ def _collate(items):
 
 def main(args: argparse.Namespace) -> int:
     if args.eval_only:
-        try:
-            root = _data_root(args)
-            model, _ = load_trained(args.eval_only, create_segmenter)
-            metrics = _evaluator(args, root)(model.to(resolve_device(args.device)))
-        except (FileNotFoundError, ValueError, OSError) as e:
-            print(f"error: {e}", file=sys.stderr)
-            return 2
+        root = _data_root(args)
+        model, _ = load_trained(args.eval_only, create_segmenter)
+        metrics = _evaluator(args, root)(model.to(resolve_device(args.device)))
         metrics.pop("IoU")
         print(json.dumps(metrics))
         return 0
 
-    def task() -> Task:
+    def task() -> DownstreamTask:
         root = _data_root(args)
         short, long = args.scale
         train = ADE20KSegmentation(root, args.train_split, segmentation_train_transform(args.crop, short, long),
                                    reduce_zero_label=not args.no_reduce_zero_label)
         model = create_segmenter(args.model, args.num_classes, pretrained_backbone=args.pretrained or False,
                                  drop_path_rate=args.drop_path, **args.model_args)
-        return Task("segmentation", model, train, _collate, _loss, _evaluator(args, root), "mIoU", model.config)
+        return DownstreamTask("segmentation", model, train, _collate, _loss, _evaluator(args, root), "mIoU",
+                              model.config)
 
-    def cfg(t: Task):
+    def cfg(t: DownstreamTask):
         if len(t.train_set) < args.batch_size * int(os.environ.get("WORLD_SIZE", "1")):
             raise ValueError(f"{len(t.train_set)} training images are fewer than one batch; lower --batch-size")
-        return loop_config(args, args.iters, schedule="poly", warmup_ratio=1e-6)
+        return loop_config(args, args.iters, "poly", warmup_ratio=1e-6)
 
     return run_and_report(task, cfg, args.seed)

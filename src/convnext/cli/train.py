@@ -10,9 +10,9 @@
 from __future__ import annotations
 
 import argparse
-import sys
 
-from ..train.config import ConfigError, list_recipes, load_config
+from ..train import train
+from ..train.config import dump_yaml, list_recipes, load_config
 
 DEFAULT_RECIPE = "fashion_mnist"
 
@@ -42,46 +42,11 @@ def main(args: argparse.Namespace) -> int:
         overrides.append(f"run.out_dir={args.out}")
     if args.name:
         overrides.append(f"run.name={args.name}")
-    try:
-        cfg = load_config(args.recipe, overrides)
-    except ConfigError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    cfg = load_config(args.recipe, overrides)
     if args.print_config:
-        from ..train.config import dump_yaml
-
         print(dump_yaml(cfg.to_dict()), end="")
         return 0
-
-    from ..data.datasets import DataError
-    from ..train.engine import NonFiniteLossError, train
-
-    try:
-        result = train(cfg)
-    except (DataError, NonFiniteLossError, FileExistsError, FileNotFoundError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
+    result = train(cfg)
     if result.files:  # rank 0 only
-        print(summary_text(result))
+        print(result.summary())
     return 0
-
-
-def summary_text(r) -> str:
-    """The one-screen summary printed at the end of a run."""
-    lines = [
-        "",
-        f"Run finished: {r.run_dir}",
-        f"  best top-1 {r.best_top1:.2f}%  top-5 {r.best_top5:.2f}%  (epoch {r.best_epoch})",
-    ]
-    if r.best_ema_top1 is not None:
-        lines.append(f"  best EMA top-1 {r.best_ema_top1:.2f}%  top-5 {r.best_ema_top5:.2f}%")
-    lines += [
-        f"  final top-1 {r.final_top1:.2f}%" + (f"  EMA {r.final_ema_top1:.2f}%" if r.final_ema_top1 else ""),
-        f"  {r.epochs} epochs, {r.steps} steps, training {r.train_time_s / 60:.1f} min, "
-        f"wall-clock {r.wall_time_s / 60:.1f} min, {r.img_per_s:.0f} img/s",
-    ]
-    if r.bad_images:
-        lines.append(f"  skipped {r.bad_images} unreadable images (listed in the log above)")
-    lines.append("  files:")
-    lines += [f"    {k:11s} {v}" for k, v in r.files.items() if v]
-    return "\n".join(lines)

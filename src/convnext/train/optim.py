@@ -4,6 +4,7 @@ per-iteration warmup + cosine schedule, and the EMA of weights."""
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 from timm.utils import ModelEmaV3
@@ -54,14 +55,41 @@ def build_optimizer(model: nn.Module, lr: float, weight_decay: float, betas: tup
         return torch.optim.AdamW(groups, lr=lr, betas=tuple(betas), eps=eps)
 
 
-def lr_at(step: int, total_steps: int, base_lr: float, warmup_steps: int = 0, min_lr: float = 0.0) -> float:
-    """The lr at optimizer step `step` (0-based): linear warmup from 0 over `warmup_steps`, then cosine
-    from `base_lr` down to `min_lr` at `total_steps`, per iteration as in the official code."""
-    if step < warmup_steps:
-        return base_lr * step / warmup_steps
-    decay_steps = max(1, total_steps - warmup_steps)
-    t = min(1.0, (step - warmup_steps) / decay_steps)
-    return min_lr + 0.5 * (base_lr - min_lr) * (1.0 + math.cos(math.pi * t))
+@dataclass(frozen=True)
+class LRSchedule:
+    """The lr over a run, per optimizer step.
+
+    - "cosine" (the official ConvNeXt recipes): linear warmup over `warmup_steps`, then cosine from the peak
+      down to `min_lr` at the last step.
+    - "step" (mmdet's detection schedules): the peak, divided by 10 at each of `milestones`.
+    - "poly" (mmseg's): linear decay (power 1) from the peak to `min_lr`.
+    The warmup starts at `warmup_ratio` times the lr (0 for the official recipes; mmcv's 1e-3 or 1e-6
+    downstream): for cosine it rises linearly to the peak, for step/poly it scales the scheduled value as
+    mmcv's linear warmup does.
+    """
+
+    kind: str = "cosine"
+    warmup_steps: int = 0
+    warmup_ratio: float = 0.0
+    min_lr: float = 0.0
+    milestones: tuple[int, ...] = ()
+
+
+def lr_at(step: int, total_steps: int, base_lr: float, schedule: LRSchedule = LRSchedule()) -> float:
+    """The lr at optimizer step `step` (0-based) of a `total_steps` run peaking at `base_lr`."""
+    s = schedule
+    warming = step < s.warmup_steps
+    warm = 1 - (1 - step / s.warmup_steps) * (1 - s.warmup_ratio) if warming else 1.0
+    if s.kind == "cosine":
+        if warming:
+            return base_lr * warm
+        t = min(1.0, (step - s.warmup_steps) / max(1, total_steps - s.warmup_steps))
+        return s.min_lr + 0.5 * (base_lr - s.min_lr) * (1.0 + math.cos(math.pi * t))
+    if s.kind == "poly":
+        return ((base_lr - s.min_lr) * (1 - step / total_steps) + s.min_lr) * warm
+    if s.kind == "step":
+        return base_lr * 0.1 ** sum(step >= m for m in s.milestones) * warm
+    raise ValueError(f"lr schedule must be 'cosine', 'step' or 'poly', not {s.kind!r}")
 
 
 def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:

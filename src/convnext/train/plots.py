@@ -7,21 +7,22 @@ from pathlib import Path
 
 
 def plot_metrics(metrics_path: str | Path, out_dir: str | Path) -> dict[str, Path]:
-    """Write loss.png, accuracy.png and lr.png from the epoch records of `metrics_path`; returns their paths."""
+    """Write loss.png, accuracy.png and lr.png from the evaluation records of `metrics_path`; returns their
+    paths."""
     metrics_path, out_dir = Path(metrics_path), Path(out_dir)
     if not metrics_path.exists():
         return {}
     records = [json.loads(line) for line in metrics_path.read_text().splitlines() if line.strip()]
     epochs = {}
-    for r in records:  # a resumed run may repeat an epoch: keep the latest record of each
-        if r.get("type") == "epoch":
+    for r in records:  # a resumed run may repeat an evaluation: keep the latest record of each
+        if r.get("type") == "eval" and "top1" in r:
             epochs[r["epoch"]] = r
     rows = [epochs[e] for e in sorted(epochs)]
     if not rows:
         return {}
     x = [r["epoch"] for r in rows]
     panels = {
-        "loss": [("train loss", [r["train_loss"] for r in rows]), ("val loss", [r["val_loss"] for r in rows])],
+        "loss": [("train loss", [r.get("train_loss") for r in rows]), ("val loss", [r["val_loss"] for r in rows])],
         "accuracy": [("top-1", [r["top1"] for r in rows]), ("top-5", [r["top5"] for r in rows])],
         "lr": [("lr", [r["lr"] for r in rows])],
     }

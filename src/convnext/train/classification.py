@@ -1,0 +1,217 @@
+"""Image classification on the shared loop: `train(cfg)` runs a recipe end to end (`convnext train`).
+
+The recipe (train/config.py) says which model, data, optimisation and run settings; this module turns it into a
+`ClassificationTask` (model, data, Mixup/CutMix + label-smoothed loss, top-1/top-5 evaluation) and a
+`LoopConfig`, runs `loop.run`, and reports a `TrainResult`. Reuse it for any classifier:
+`train(cfg, model=my_module, train_set=..., val_set=...)`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..api import create_model
+from ..data.datasets import DataError, SeededDataset, build_datasets, class_names, collate_skipping, data_spec
+from ..distributed import init_distributed
+from ..evaluate import evaluate
+from .config import Config, effective_batch, scaled_lr
+from .loop import LoopConfig, LoopState, Task, amp_dtype, resolve_device, run, seed_everything
+from .optim import LRSchedule
+from .plots import plot_metrics
+from .state import load_checkpoint
+
+
+@dataclass
+class TrainResult:
+    """What a finished run reports (also in `<run_dir>/summary.json`)."""
+
+    run_dir: str
+    best_top1: float = 0.0
+    best_top5: float = 0.0
+    best_epoch: float = -1
+    best_ema_top1: float | None = None
+    best_ema_top5: float | None = None
+    final_top1: float = 0.0
+    final_ema_top1: float | None = None
+    epochs: float = 0
+    steps: int = 0
+    train_time_s: float = 0.0
+    wall_time_s: float = 0.0
+    img_per_s: float = 0.0
+    bad_images: int = 0
+    files: dict[str, str] = field(default_factory=dict)
+
+    def summary(self) -> str:
+        """The one-screen summary printed at the end of a run."""
+        lines = ["", f"Run finished: {self.run_dir}",
+                 f"  best top-1 {self.best_top1:.2f}%  top-5 {self.best_top5:.2f}%  (epoch {self.best_epoch:g})"]
+        if self.best_ema_top1 is not None:
+            lines.append(f"  best EMA top-1 {self.best_ema_top1:.2f}%  top-5 {self.best_ema_top5:.2f}%")
+        lines += [
+            f"  final top-1 {self.final_top1:.2f}%" + (f"  EMA {self.final_ema_top1:.2f}%"
+                                                        if self.final_ema_top1 is not None else ""),
+            f"  {self.epochs:g} epochs, {self.steps} steps, training {self.train_time_s / 60:.1f} min, "
+            f"wall-clock {self.wall_time_s / 60:.1f} min, {self.img_per_s:.0f} img/s",
+        ]
+        if self.bad_images:
+            lines.append(f"  skipped {self.bad_images} unreadable images (listed in the log above)")
+        lines.append("  files:")
+        lines += [f"    {k:11s} {v}" for k, v in self.files.items() if v]
+        return "\n".join(lines)
+
+
+class ClassificationTask(Task):
+    """Cross-entropy (soft targets under Mixup/CutMix, label smoothing otherwise) and top-1/top-5 on the
+    validation set, each rank evaluating its shard."""
+
+    name = "classification"
+    metric = "top1"
+
+    def __init__(self, model: nn.Module, train_set, val_set, num_classes: int, cfg: Config, device: torch.device,
+                 meta: dict[str, Any]) -> None:
+        self.model, self.train_set, self.val_set, self.cfg, self.device = model, train_set, val_set, cfg, device
+        self.meta = meta
+        self.channels_last = cfg.run.channels_last
+        self.mixup = _mixup(cfg, num_classes)
+        if self.mixup is not None:
+            from timm.loss import SoftTargetCrossEntropy
+
+            self.criterion: nn.Module = SoftTargetCrossEntropy()  # Mixup's soft targets carry the smoothing
+        else:
+            self.criterion = nn.CrossEntropyLoss(label_smoothing=cfg.data.label_smoothing)
+        self.amp = amp_dtype(cfg.run.amp, device)
+        info = init_distributed(device.type)
+        if info.distributed and cfg.run.strategy == "fsdp" and len(val_set) % info.world_size:
+            # FSDP's forward is a collective: every rank must run the same number of evaluation batches.
+            raise DataError(f"Under FSDP the {len(val_set)} validation images must split evenly over "
+                            f"{info.world_size} ranks; set data.limit_val to a multiple of {info.world_size}")
+        self.val_loader = torch.utils.data.DataLoader(
+            torch.utils.data.Subset(SeededDataset(val_set), list(range(info.rank, len(val_set), info.world_size))),
+            batch_size=cfg.optim.batch_size * 2, num_workers=cfg.data.num_workers, collate_fn=collate_skipping,
+            pin_memory=device.type == "cuda")
+
+    def collate(self, items: list) -> tuple[torch.Tensor, torch.Tensor]:
+        xs, ys = zip(*items, strict=True)
+        return torch.stack(xs), torch.as_tensor(ys)
+
+    def loss(self, model: nn.Module, batch, device: torch.device) -> dict[str, torch.Tensor]:
+        x, y = batch
+        if self.mixup is not None and len(x) % 2:
+            x, y = x[:-1], y[:-1]  # timm's Mixup pairs images: a skipped unreadable one leaves an odd batch
+        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        if self.mixup is not None:
+            x, y = self.mixup(x, y)
+        return {"loss": self.criterion(model(x), y)}
+
+    def evaluate(self, model: nn.Module) -> dict[str, Any]:
+        m = evaluate(model, self.val_loader, self.device, self.amp, channels_last=self.channels_last)
+        return {"top1": m["top1"], "top5": m["top5"], "val_loss": m["loss"]}
+
+    def checkpoint_meta(self) -> dict[str, Any]:
+        return self.meta
+
+    def describe(self) -> str:
+        return f"{len(self.train_set)} train / {len(self.val_set)} val images"
+
+    def plot(self, metrics: Path, out_dir: Path) -> dict[str, Path]:
+        return plot_metrics(metrics, out_dir)
+
+    def summarize(self, s: dict[str, Any]) -> dict[str, Any]:
+        best, best_ema, final = s["best"]["metrics"] or {}, s["best"]["ema_metrics"], s["final"]
+        steps_per_epoch = s["steps"] / max(s["epochs"], 1e-9)
+        return TrainResult(
+            run_dir=s["run_dir"], best_top1=best.get("top1", 0.0), best_top5=best.get("top5", 0.0),
+            best_epoch=s["best"]["step"] / steps_per_epoch if best else -1,
+            best_ema_top1=best_ema["top1"] if best_ema else None,
+            best_ema_top5=best_ema["top5"] if best_ema else None, final_top1=final.get("top1", 0.0),
+            final_ema_top1=final.get("ema_top1"), epochs=s["epochs"], steps=s["steps"],
+            train_time_s=s["train_time_s"], wall_time_s=s["wall_time_s"], img_per_s=s["samples_per_s"],
+            bad_images=s["bad_images"], files=s["files"]).__dict__
+
+
+def build_model(cfg: Config, num_classes: int, in_chans: int) -> nn.Module:
+    """The recipe's model, optimized; from `model.init` when fine-tuning (a training checkpoint or weights in any
+    layout; the head is re-initialised with `head_init_scale` when the number of classes differs)."""
+    m = cfg.model
+    kwargs: dict[str, Any] = dict(num_classes=m.num_classes or num_classes, in_chans=m.in_chans or in_chans,
+                                  drop_path_rate=m.drop_path_rate, head_init_scale=m.head_init_scale, **m.kwargs)
+    if m.layer_scale_init_value is not None:
+        kwargs["layer_scale_init_value"] = m.layer_scale_init_value
+    if m.init and Path(m.init).suffix == ".pt":
+        model = create_model(m.name, **kwargs)
+        state = load_checkpoint(m.init)["model"]
+        own = model.state_dict()
+        for k in [k for k in state if k.startswith("head.") and k in own and state[k].shape != own[k].shape]:
+            del state[k]  # a new task: keep the fresh head, as create_model(pretrained=...) does
+        missing, unexpected = model.load_state_dict(state, strict=False)
+        if unexpected or [k for k in missing if not k.startswith("head.")]:
+            raise ValueError(f"{m.init} does not fit {m.name}: missing {missing[:5]}, unexpected {unexpected[:5]}")
+        return model
+    return create_model(m.name, pretrained=m.init or False, **kwargs)
+
+
+def loop_config(cfg: Config, world_size: int) -> LoopConfig:
+    """The loop settings a recipe describes."""
+    o, r = cfg.optim, cfg.run
+    return LoopConfig(
+        run_dir=str(Path(r.out_dir) / (r.name or cfg.recipe)), batch_size=o.batch_size, lr=scaled_lr(cfg, world_size),
+        epochs=o.epochs, max_steps=r.max_steps, accum_steps=o.accum_steps,
+        schedule=LRSchedule("cosine", min_lr=o.min_lr),  # warmup_steps: set by `train`, which knows the epoch size
+        weight_decay=o.weight_decay, betas=o.betas, eps=o.eps, layer_decay=o.layer_decay, clip_grad=o.clip_grad,
+        ema=r.ema, ema_decay=r.ema_decay, amp=r.amp, device=r.device, strategy=r.strategy,
+        channels_last=r.channels_last, compile=r.compile, deterministic=r.deterministic, threads=r.threads,
+        seed=r.seed, workers=cfg.data.num_workers, eval_every_epochs=r.eval_every, ckpt_every=r.ckpt_every_steps or 0,
+        ckpt_each_epoch=True, keep_last=r.keep_last, resume=r.resume, max_bad_images=cfg.data.max_bad_images,
+        progress=r.progress, tensorboard=r.tensorboard, plots=r.plots, record=cfg.to_dict())
+
+
+def train(cfg: Config, model: nn.Module | None = None, train_set=None, val_set=None, num_classes: int | None = None,
+          callbacks: Sequence[Callable[[LoopState], None]] = ()) -> TrainResult:
+    """Train with the recipe `cfg` and return the result; rank 0 writes everything under `run.out_dir/run.name`.
+
+    By default the model and data come from the recipe. Pass `model` (any nn.Module classifier; layer-wise decay
+    needs `layer_group`/`num_layer_groups`) and/or `train_set`/`val_set` (map-style data sets of
+    `(image_tensor, label)`) to train something else with the same loop. `callbacks` run after every step.
+    """
+    device = resolve_device(cfg.run.device)
+    info = init_distributed(device.type)
+    seed_everything(cfg.run.seed)  # the model's initial weights: the same in every process and every run
+    if train_set is None or val_set is None:
+        built = build_datasets(cfg.data)
+        train_set, val_set = train_set or built[0], val_set or built[1]
+        num_classes, in_chans = num_classes or built[2], built[3]
+    else:
+        in_chans = int(train_set[0][0].shape[0])  # images are (C, H, W) tensors
+        num_classes = num_classes or len(class_names(train_set) or ()) or None
+    if model is None:
+        model = build_model(cfg, num_classes, in_chans)
+    meta: dict[str, Any] = {"data_config": data_spec(cfg.data, in_chans, class_names(train_set)).to_dict()}
+    if getattr(model, "config", None):
+        meta["model_config"] = dict(model.config)
+    task = ClassificationTask(model, train_set, val_set, num_classes, cfg, device, meta)
+    loop = loop_config(cfg, info.world_size)
+    steps_per_epoch = len(train_set) // (cfg.optim.batch_size * info.world_size) // cfg.optim.accum_steps
+    loop.schedule = LRSchedule("cosine", warmup_steps=round(cfg.optim.warmup_epochs * steps_per_epoch),
+                               min_lr=cfg.optim.min_lr)
+    return TrainResult(**run(task, loop, callbacks))
+
+
+def _mixup(cfg: Config, num_classes: int):
+    if cfg.data.mixup <= 0 and cfg.data.cutmix <= 0:
+        return None
+    from timm.data import Mixup
+
+    return Mixup(mixup_alpha=cfg.data.mixup, cutmix_alpha=cfg.data.cutmix, prob=cfg.data.mixup_prob,
+                 switch_prob=cfg.data.mixup_switch_prob, label_smoothing=cfg.data.label_smoothing,
+                 num_classes=num_classes)
+
+
+__all__ = ["ClassificationTask", "TrainResult", "build_model", "effective_batch", "loop_config", "train"]
