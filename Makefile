@@ -30,8 +30,15 @@ train: setup  ## the main job: the built-in default recipe
 models: setup
 	$(VENV)/bin/convnext models
 
+# The kernels, the training loop and export again on an emulated AVX2-only CPU (no AVX-512, no bf16 in hardware:
+# most laptops, AMD Zen 2/3, older Xeons), where oneDNN lacks kernels the default run uses.
+AVX2 := ONEDNN_MAX_CPU_ISA=AVX2 ATEN_CPU_CAPABILITY=avx2
+PORTABLE_TESTS := tests/test_fast.py tests/test_dwconv.py tests/test_mlp.py tests/test_train_engine.py \
+	tests/test_export.py tests/test_benchmark.py
+
 test: setup
 	$(PY) -m pytest -q
+	$(AVX2) $(PY) -m pytest -q $(PORTABLE_TESTS)
 
 lint: setup
 	$(VENV)/bin/ruff check src tests benchmarks

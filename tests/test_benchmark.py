@@ -38,7 +38,10 @@ def test_cli_writes_json_and_png(run_cli, tmp_path):
         assert r["gmacs"] == pytest.approx(macs / 1e9) and r["params_m"] == pytest.approx(params / 1e6)
         factor = 3 if r["mode"] == "train" else 1
         assert r["achieved_gflops"] == pytest.approx(2 * factor * r["gmacs"] * r["img_per_s"])
-        assert 0 < r["peak_fraction"] < 1
+        # the share of a square matmul's best rate: over 1 where the model's "bf16" runs partly in fp32 (autocast
+        # keeps norms and, on CPU, our depthwise conv in fp32) while bf16 matmuls are emulated, as on AVX2 CPUs
+        peak = report["peaks_gflops"][r["precision"]]
+        assert r["peak_fraction"] == pytest.approx(r["achieved_gflops"] / peak) and r["peak_fraction"] > 0
         assert r["peak_mem_mb"] > 0
 
 
