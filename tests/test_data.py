@@ -115,3 +115,26 @@ def test_batch_augmentation_depends_only_on_each_images_seed():
     erased = SmallImageBatchTransform((0.0,), (1 / 255,), reprob=1.0)(x[:64], list(range(64)))
     changed = (~torch.isclose(erased, x[:64].float(), atol=1e-3)).flatten(1).float().mean(1)
     assert (changed > 0.01).float().mean() > 0.8 and changed.max() < 0.4  # 2%..33% of the area per image
+
+
+def test_fashion_mnist_validation_split_is_fixed_balanced_and_held_out():
+    from convnext.data.datasets import build_test_set, fashion_mnist_split
+
+    cfg = load_config("fashion_mnist").data
+    (tx, ty), (vx, vy) = fashion_mnist_split(cfg, "train"), fashion_mnist_split(cfg, "val")
+    assert len(ty) == 55_000 and len(vy) == 5_000
+    assert torch.bincount(vy).tolist() == [500] * 10  # the same number per class
+    full, _ = fashion_mnist(train=True)
+    # disjoint and together the whole training set: no validation image is trained on
+    rows = {bytes(img.numpy()) for img in tx}
+    assert not any(bytes(img.numpy()) in rows for img in vx[:500])
+    assert len(ty) + len(vy) == len(full)
+    # the same images for every run and seed
+    assert torch.equal(fashion_mnist_split(cfg, "val")[0], vx)
+    test = build_test_set(cfg)
+    assert len(test) == 10_000 and torch.equal(test.images, fashion_mnist(train=False)[0])
+    cfg.val_size = 0  # the old behaviour, on request: validate on the test set, and then there is no test left
+    assert torch.equal(fashion_mnist_split(cfg, "val")[0], test.images) and build_test_set(cfg) is None
+    cfg.val_size = 4321
+    with pytest.raises(DataError, match="multiple of 10"):
+        fashion_mnist_split(cfg, "val")

@@ -117,6 +117,13 @@ def test_train_then_eval_cli(tmp_path, capsys, _keep_threads):
     final = [e for e in epochs if e["type"] == "eval"][-1]
     assert out_last["top1"] == pytest.approx(final["top1"], abs=1e-6)
     assert out_last["ema_top1"] == pytest.approx(final["ema_top1"], abs=1e-6)
+    # the test set, once at the end of the run: the final weights, the same as `eval --split test` gives
+    assert "test top-1" in stdout and summary["test_top1"] is not None
+    assert main(["eval", "--weights", str(last), "--split", "test", "--limit", "256", "--json", "--workers", "0"]) == 0
+    out_test = json.loads(capsys.readouterr().out)
+    assert out_test["top1"] == pytest.approx(summary["test_top1"], abs=1e-6)
+    assert out_test["ema_top1"] == pytest.approx(summary["test_ema_top1"], abs=1e-6)
+    assert out_test["top1"] != out_last["top1"]  # other images than the validation set's
 
 
 def test_eval_of_missing_or_foreign_weights_says_what_to_do(tmp_path):

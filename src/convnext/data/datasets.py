@@ -210,17 +210,13 @@ def build_datasets(data_cfg, for_training: bool = True):
 
     c = data_cfg
     if c.dataset == "fashion_mnist":
-        root = c.root or FASHION_MNIST_DIR
-        if c.input_size != 28:
-            raise DataError(f"Fashion-MNIST images are 28x28; data.input_size must be 28, not {c.input_size}")
-        vx, vy = fashion_mnist(root, train=False)
         norm = (FASHION_MNIST_MEAN, FASHION_MNIST_STD)
-        val = TensorImages(vx, vy, SmallImageBatchTransform(*norm), FASHION_MNIST_CLASSES, c.limit_val)
+        val = TensorImages(*fashion_mnist_split(c, c.val_split), SmallImageBatchTransform(*norm),
+                           FASHION_MNIST_CLASSES, c.limit_val)
         train = None
         if for_training:
-            tx, ty = fashion_mnist(root, train=True)
             aug = SmallImageBatchTransform(*norm, crop_padding=c.crop_padding, hflip=c.hflip, reprob=c.reprob)
-            train = TensorImages(tx, ty, aug, FASHION_MNIST_CLASSES, c.limit_train)
+            train = TensorImages(*fashion_mnist_split(c, "train"), aug, FASHION_MNIST_CLASSES, c.limit_train)
         in_chans = 1
         return train, val, len(FASHION_MNIST_CLASSES), in_chans
     else:
@@ -243,6 +239,58 @@ def build_datasets(data_cfg, for_training: bool = True):
         val = torch.utils.data.Subset(val, range(min(c.limit_val, len(val))))
     num_classes = len(_base(val).classes)
     return train, val, num_classes, in_chans
+
+
+def build_test_set(data_cfg):
+    """The data set a run is tested on once, at its end, or None: Fashion-MNIST's test set, or an image folder's
+    `data.test_split` sub-folder (with the training classes)."""
+    from .transforms import SmallImageBatchTransform, eval_transform
+
+    c = data_cfg
+    if c.dataset == "fashion_mnist":
+        if c.val_split == "test" or not c.val_size:  # validating on the test set: nothing is left to test on
+            return None
+        return TensorImages(*fashion_mnist_split(c, "test"), SmallImageBatchTransform(FASHION_MNIST_MEAN,
+                                                                                      FASHION_MNIST_STD),
+                            FASHION_MNIST_CLASSES, c.limit_val)
+    if not c.test_split:
+        return None
+
+    train_classes = _check_image_folder(Path(c.root) / c.train_split)
+    test = CheckedImageFolder(Path(c.root) / c.test_split, eval_transform(c.input_size, c.crop_pct,
+                                                                          interpolation=c.interpolation),
+                              c.bad_images, expected_classes=train_classes)
+    return torch.utils.data.Subset(test, range(min(c.limit_val, len(test)))) if c.limit_val else test
+
+
+# The held-out validation images are the same for every run and seed: 500 per class drawn with this seed.
+FASHION_MNIST_SPLIT_SEED = 20221
+
+
+def fashion_mnist_split(data_cfg, split: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """(images, labels) of a Fashion-MNIST split: "train" (the 60,000 training images less the validation ones),
+    "val" (`data.val_size` of the training images, the same number per class, fixed by FASHION_MNIST_SPLIT_SEED),
+    or "test" (the official 10,000). With data.val_size=0, "val" is the test set, as before the split existed."""
+    c = data_cfg
+    if c.input_size != 28:
+        raise DataError(f"Fashion-MNIST images are 28x28; data.input_size must be 28, not {c.input_size}")
+    root = c.root or FASHION_MNIST_DIR
+    if split == "test" or (split == "val" and not c.val_size):
+        return fashion_mnist(root, train=False)
+    if split not in ("train", "val"):
+        raise DataError(f"Fashion-MNIST has the splits train, val and test; not {split!r}")
+    x, y = fashion_mnist(root, train=True)
+    classes = len(FASHION_MNIST_CLASSES)
+    if c.val_size % classes or not 0 <= c.val_size < len(y):
+        raise DataError(f"data.val_size must be a multiple of {classes} below {len(y)} (the same number per class), "
+                        f"not {c.val_size}")
+    g = torch.Generator().manual_seed(FASHION_MNIST_SPLIT_SEED)
+    held = torch.cat([torch.nonzero(y == k).flatten()[torch.randperm(int((y == k).sum()), generator=g)]
+                      [:c.val_size // classes] for k in range(classes)])
+    keep = torch.ones(len(y), dtype=torch.bool)
+    keep[held] = False
+    idx = held.sort().values if split == "val" else torch.nonzero(keep).flatten()
+    return x[idx], y[idx]
 
 
 def _base(ds):

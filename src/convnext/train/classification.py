@@ -17,7 +17,15 @@ import torch
 from torch import nn
 
 from ..api import create_model
-from ..data.datasets import DataError, SeededDataset, build_datasets, class_names, collate_skipping, data_spec
+from ..data.datasets import (
+    DataError,
+    SeededDataset,
+    build_datasets,
+    build_test_set,
+    class_names,
+    collate_skipping,
+    data_spec,
+)
 from ..distributed import init_distributed
 from ..evaluate import evaluate
 from .config import Config, effective_batch, scaled_lr
@@ -39,6 +47,8 @@ class TrainResult:
     best_ema_top5: float | None = None
     final_top1: float = 0.0
     final_ema_top1: float | None = None
+    test_top1: float | None = None  # the final weights on the test set, evaluated once at the end
+    test_ema_top1: float | None = None
     epochs: float = 0
     steps: int = 0
     train_time_s: float = 0.0
@@ -59,6 +69,10 @@ class TrainResult:
             f"  {self.epochs:g} epochs, {self.steps} steps, training {self.train_time_s / 60:.1f} min, "
             f"wall-clock {self.wall_time_s / 60:.1f} min, {self.img_per_s:.0f} img/s",
         ]
+        if self.test_top1 is not None:
+            lines.append(f"  test top-1 {self.test_top1:.2f}% (final weights)" + (
+                f"  EMA {self.test_ema_top1:.2f}%" if self.test_ema_top1 is not None else "")
+                + "  - the test set, once; choices were made on the validation set")
         if self.bad_images:
             lines.append(f"  skipped {self.bad_images} unreadable images (listed in the log above)")
         lines.append("  files:")
@@ -74,7 +88,7 @@ class ClassificationTask(Task):
     metric = "top1"
 
     def __init__(self, model: nn.Module, train_set, val_set, num_classes: int, cfg: Config, device: torch.device,
-                 meta: dict[str, Any]) -> None:
+                 meta: dict[str, Any], test_set=None) -> None:
         self.model, self.train_set, self.val_set, self.cfg, self.device = model, train_set, val_set, cfg, device
         self.meta = meta
         self.channels_last = cfg.run.channels_last
@@ -91,10 +105,15 @@ class ClassificationTask(Task):
             # FSDP's forward is a collective: every rank must run the same number of evaluation batches.
             raise DataError(f"Under FSDP the {len(val_set)} validation images must split evenly over "
                             f"{info.world_size} ranks; set data.limit_val to a multiple of {info.world_size}")
-        self.val_loader = torch.utils.data.DataLoader(
-            torch.utils.data.Subset(SeededDataset(val_set), list(range(info.rank, len(val_set), info.world_size))),
-            batch_size=cfg.optim.batch_size * 2, num_workers=cfg.data.num_workers, collate_fn=collate_skipping,
-            pin_memory=device.type == "cuda")
+        self.val_loader = self._loader(val_set, info)
+        self.test_loader = self._loader(test_set, info) if test_set is not None else None
+
+    def _loader(self, dataset, info) -> torch.utils.data.DataLoader:
+        """Each rank's shard (the counts are all-reduced), without augmentation."""
+        return torch.utils.data.DataLoader(
+            torch.utils.data.Subset(SeededDataset(dataset), list(range(info.rank, len(dataset), info.world_size))),
+            batch_size=self.cfg.optim.batch_size * 2, num_workers=self.cfg.data.num_workers,
+            collate_fn=collate_skipping, pin_memory=self.device.type == "cuda")
 
     def collate(self, items: list) -> tuple[torch.Tensor, torch.Tensor]:
         xs, ys = zip(*items, strict=True)
@@ -115,6 +134,12 @@ class ClassificationTask(Task):
         m = evaluate(model, self.val_loader, self.device, self.amp, channels_last=self.channels_last)
         return {"top1": m["top1"], "top5": m["top5"], "val_loss": m["loss"]}
 
+    def test(self, model: nn.Module) -> dict[str, Any]:
+        if self.test_loader is None:
+            return {}
+        m = evaluate(model, self.test_loader, self.device, self.amp, channels_last=self.channels_last)
+        return {"top1": m["top1"], "top5": m["top5"], "loss": m["loss"]}
+
     def checkpoint_meta(self) -> dict[str, Any]:
         return self.meta
 
@@ -132,7 +157,8 @@ class ClassificationTask(Task):
             best_epoch=s["best"]["step"] / steps_per_epoch if best else -1,
             best_ema_top1=best_ema["top1"] if best_ema else None,
             best_ema_top5=best_ema["top5"] if best_ema else None, final_top1=final.get("top1", 0.0),
-            final_ema_top1=final.get("ema_top1"), epochs=s["epochs"], steps=s["steps"],
+            final_ema_top1=final.get("ema_top1"), test_top1=s["test"].get("top1"),
+            test_ema_top1=s["test"].get("ema_top1"), epochs=s["epochs"], steps=s["steps"],
             train_time_s=s["train_time_s"], wall_time_s=s["wall_time_s"], img_per_s=s["samples_per_s"],
             bad_images=s["bad_images"], files=s["files"]).__dict__
 
@@ -184,10 +210,12 @@ def train(cfg: Config, model: nn.Module | None = None, train_set=None, val_set=N
     device = resolve_device(cfg.run.device)
     info = init_distributed(device.type)
     seed_everything(cfg.run.seed)  # the model's initial weights: the same in every process and every run
+    test_set = None
     if train_set is None or val_set is None:
         built = build_datasets(cfg.data)
         train_set, val_set = train_set or built[0], val_set or built[1]
         num_classes, in_chans = num_classes or built[2], built[3]
+        test_set = build_test_set(cfg.data)
     else:
         in_chans = int(train_set[0][0].shape[0])  # images are (C, H, W) tensors
         num_classes = num_classes or len(class_names(train_set) or ()) or None
@@ -196,7 +224,7 @@ def train(cfg: Config, model: nn.Module | None = None, train_set=None, val_set=N
     meta: dict[str, Any] = {"data_config": data_spec(cfg.data, in_chans, class_names(train_set)).to_dict()}
     if getattr(model, "config", None):
         meta["model_config"] = dict(model.config)
-    task = ClassificationTask(model, train_set, val_set, num_classes, cfg, device, meta)
+    task = ClassificationTask(model, train_set, val_set, num_classes, cfg, device, meta, test_set)
     loop = loop_config(cfg, info.world_size)
     steps_per_epoch = len(train_set) // (cfg.optim.batch_size * info.world_size) // cfg.optim.accum_steps
     loop.schedule = LRSchedule("cosine", warmup_steps=round(cfg.optim.warmup_epochs * steps_per_epoch),

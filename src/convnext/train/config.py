@@ -44,7 +44,9 @@ class DataConfig:
     dataset: str = "imagefolder"  # "imagefolder" (root/train, root/val) or "fashion_mnist"
     root: str = ""
     train_split: str = "train"
-    val_split: str = "val"
+    val_split: str = "val"  # image folder: a sub-folder; Fashion-MNIST: "val" (held out of train), "test", "train"
+    test_split: str | None = None  # image folder: a sub-folder evaluated once at the end (Fashion-MNIST: its test set)
+    val_size: int = 5000  # Fashion-MNIST: training images held out for validation (500 per class; 0: none)
     input_size: int = 224
     crop_pct: float | None = None  # eval crop; None: the paper's (0.875 below 384, squash at >= 384)
     interpolation: str = "bicubic"
@@ -62,7 +64,7 @@ class DataConfig:
     bad_images: str = "skip"  # "skip" (report path, count, substitute another image) or "stop"
     max_bad_images: int = 100  # stop anyway when more than this many images are unreadable
     limit_train: int | None = None  # use only the first N training images (quick runs, tests)
-    limit_val: int | None = None
+    limit_val: int | None = None  # and of the test images
     num_workers: int = 2
 
 

@@ -61,6 +61,10 @@ class Task:
         """Metrics of `model` (in eval mode) on the validation data; {} when the task has none."""
         return {}
 
+    def test(self, model: nn.Module) -> dict[str, Any]:
+        """Metrics of the final `model` on held-out test data, evaluated once at the end of the run; {} if none."""
+        return {}
+
     def checkpoint_meta(self) -> dict[str, Any]:
         """Entries every checkpoint of the run carries besides the weights: what rebuilds and uses the model."""
         return {}
@@ -419,8 +423,16 @@ def run(task: Task, cfg: LoopConfig, callbacks: Sequence[Callable[[LoopState], N
         if global_step == stop < total_steps:
             log.info(f"Stopped at step {global_step} of {total_steps}; continue with --resume auto")
 
-    # ---- the end: plots and summary ---------------------------------------------------------------------
-    summary = {"task": task.name, "run_dir": str(run_dir), "steps": global_step,
+    # ---- the end: the test set, once; plots and summary -------------------------------------------------
+    test: dict[str, Any] = {}
+    if global_step >= total_steps and (task.evaluate_on_every_rank or info.is_main):
+        test = task.test(model if task.evaluate_on_every_rank else raw)
+        if test and ema is not None:
+            test.update({f"ema_{k}": v for k, v in task.test(ema.module).items()})
+        if test:
+            log.metric({"type": "test", "step": global_step, "epoch": global_step / steps_per_epoch, **test})
+            log.info("test set (final weights): " + ", ".join(f"{k} {v:.4g}" for k, v in test.items()))
+    summary = {"task": task.name, "run_dir": str(run_dir), "steps": global_step, "test": test,
                "epochs": global_step / steps_per_epoch, "best": best, "final": {
                    k: v for k, v in last_metrics.items() if isinstance(v, (int, float))},
                "train_time_s": train_time, "wall_time_s": time.time() - wall0,
