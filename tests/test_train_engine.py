@@ -13,9 +13,10 @@ import pytest
 import torch
 
 from conftest import cli_env
+from convnext.checkpoints.io import load_checkpoint
 from convnext.data.datasets import DataError
 from convnext.train import NonFiniteLossError, load_config, train
-from convnext.train.state import CheckpointManager, load_checkpoint
+from convnext.train.state import CheckpointManager
 
 # A tiny ConvNeXt on 192 Fashion-MNIST images, batch 32: 6 steps per epoch.
 TINY = ["model.kwargs.dims=[8,16,32]", "model.kwargs.depths=[1,1,1]", "data.limit_train=192",

@@ -445,7 +445,7 @@ def _groups(results: list[dict[str, Any]]) -> Iterator[tuple[tuple[str, str], li
 
 def plot(report: dict[str, Any], path: str | Path) -> Path:
     """Horizontal bar chart of img/s (median, min-max whiskers), one panel per (mode, precision)."""
-    from .train.plots import pyplot, save_figure
+    from .plots import pyplot, save_figure
 
     plt = pyplot()
 

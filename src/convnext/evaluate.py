@@ -85,7 +85,7 @@ def load_for_eval(weights: str, model_name: str | None = None, num_classes: int 
     if not path.exists():
         raise FileNotFoundError(f"Weights {path} not found")
     if path.suffix == ".pt":
-        from .train.state import load_checkpoint
+        from .checkpoints.io import load_checkpoint
 
         ck = load_checkpoint(path)
         cfg = ck.get("config")

@@ -103,7 +103,7 @@ def draw_figure(regime: Regime, rows: list[dict], path: str | Path, measured: di
                 measured_label: str = "ours, small scale") -> Path:
     """The paper's Figure 2 as a PNG: steps down the side, bars of the paper's top-1 with GMACs beside them,
     and a second panel of our measured top-1 (mean +- std over seeds) when a sweep has been run."""
-    from .train.plots import pyplot, save_figure
+    from .plots import pyplot, save_figure
 
     plt = pyplot()
 

@@ -112,18 +112,43 @@ def load_state_dict(path: str | os.PathLike, key: str | None = None, layout: str
 
 
 def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> None:
-    """Call `write(tmp)` and move the temporary file onto `path` only once it is complete, so that an
-    interrupted save never replaces a good file by a partial one."""
+    """Call `write(tmp)` and move the temporary file onto `path` only once it is complete and on disk, so that
+    an interrupted save (or a crash) never replaces a good file by a partial one."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
     try:
         write(tmp)
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
+    try:  # make the rename itself durable
+        dir_fd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+    except OSError:
+        pass
+
+
+def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """Read a training checkpoint (`last-*.pt`, `best.pt`, `best_ema.pt`) safely (`weights_only=True`), with a
+    clear error if it is not one."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"Checkpoint {path} not found")
+    try:
+        ckpt = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as e:
+        raise ValueError(f"Cannot read checkpoint {path}: {e}. Is it a complete torch checkpoint?") from e
+    if not isinstance(ckpt, dict) or "model" not in ckpt:
+        raise ValueError(f"{path} is not a convnext training checkpoint (no 'model' entry)")
+    return ckpt
 
 
 def write_state_dict(obj: Mapping[str, Any], path: str | os.PathLike) -> None:

@@ -16,9 +16,9 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..checkpoints.io import load_checkpoint
+from ..plots import line_plot
 from ..train.loop import Task
-from ..train.plots import line_plot
-from ..train.state import load_checkpoint
 
 
 class DownstreamTask(Task):

@@ -14,7 +14,7 @@ def plot_corruption_errors(summary: dict, path: str | os.PathLike, title: str = 
     """
     import numpy as np
 
-    from ..train.plots import pyplot, save_figure
+    from ..plots import pyplot, save_figure
 
     plt = pyplot()
 

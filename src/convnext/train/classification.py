@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from ..api import create_model
+from ..checkpoints.io import load_checkpoint
 from ..data.datasets import (
     DataError,
     SeededDataset,
@@ -28,11 +29,10 @@ from ..data.datasets import (
 )
 from ..distributed import init_distributed
 from ..evaluate import evaluate
+from ..plots import plot_metrics
 from .config import Config, effective_batch, scaled_lr
 from .loop import LoopConfig, LoopState, Task, amp_dtype, resolve_device, run, seed_everything
 from .optim import LRSchedule
-from .plots import plot_metrics
-from .state import load_checkpoint
 
 
 @dataclass

@@ -25,11 +25,12 @@ import torch
 from torch import nn
 
 from .. import fast
+from ..checkpoints.io import load_checkpoint
 from ..data.datasets import DataError, SeededDataset
 from ..distributed import DistInfo, ResumableSampler, cleanup, init_distributed
 from .config import dump_yaml
 from .optim import LRSchedule, build_ema, build_optimizer, lr_at, set_lr
-from .state import CheckpointManager, capture_rng, load_checkpoint, restore_rng
+from .state import CheckpointManager, capture_rng, restore_rng
 
 
 class NonFiniteLossError(RuntimeError):

@@ -3,8 +3,13 @@
 A training checkpoint is a plain dict that `torch.load(path, weights_only=True)` reads: tensors, numbers,
 strings, lists and dicts only (the config is stored as a dict, RNG states as tensors and lists):
 
-    {"model": state_dict (official layout), "ema": state_dict | None, "optimizer": ..., "scaler": ... | None,
-     "epoch": int, "step_in_epoch": int, "global_step": int, "best": {...}, "config": dict, "rng": {...}}
+    {"task": "classification" | ..., "model": state_dict (official layout), "model_config": what rebuilds the
+     model ({"model": name, **build_model arguments}), "data_config": DataSpec.to_dict(), "ema": state_dict | None,
+     "optimizer": ..., "scaler": ... | None, "epoch": int, "step_in_epoch": int, "global_step": int,
+     "best": {...}, "config": the resolved recipe, "rng": {...}}
+
+best.pt / best_ema.pt hold the same but the optimizer, EMA, scaler and RNG state (and "metrics"). Reading one:
+`convnext.checkpoints.io.load_checkpoint`.
 
 `epoch`/`step_in_epoch` say where training continues: the next batch is batch `step_in_epoch` of `epoch`.
 """
@@ -14,53 +19,18 @@ from __future__ import annotations
 import os
 import random
 import re
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
+from ..checkpoints.io import atomic_write
+
 
 def atomic_save(obj: Any, path: str | os.PathLike) -> None:
-    """`torch.save` to a temporary file in the same folder, fsync it, then rename it over `path`.
-
-    A reader (or a crash) sees either the old file or the complete new one, never a half-written file.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    try:  # make the rename itself durable
-        dir_fd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
-    except OSError:
-        pass
-
-
-def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """Read a training checkpoint safely (`weights_only=True`), with a clear error if it is not one."""
-    path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"Checkpoint {path} not found")
-    try:
-        ckpt = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as e:
-        raise ValueError(f"Cannot read checkpoint {path}: {e}. Is it a complete torch checkpoint?") from e
-    if not isinstance(ckpt, dict) or "model" not in ckpt:
-        raise ValueError(f"{path} is not a convnext training checkpoint (no 'model' entry)")
-    return ckpt
+    """`torch.save` that a reader (or a crash) sees either not at all or complete, never half-written."""
+    atomic_write(path, lambda tmp: torch.save(obj, tmp))
 
 
 def capture_rng() -> dict[str, Any]:
