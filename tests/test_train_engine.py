@@ -211,3 +211,14 @@ def test_imagenet_style_recipe_on_a_folder_skips_and_counts_an_unreadable_image(
                                 ("run.progress", "false"), ("run.threads", 1))]])
     with pytest.raises(DataError, match=r"Cannot read image .*broken\.jpg"):
         train(cfg)
+
+
+def test_amp_auto_uses_bf16_only_where_the_cpu_computes_it():
+    from convnext.fast import capabilities
+    from convnext.train.loop import amp_dtype
+
+    cpu = torch.device("cpu")
+    assert amp_dtype("auto", cpu) == (torch.bfloat16 if capabilities().native_bf16 else None)
+    assert amp_dtype("none", cpu) is None and amp_dtype("bf16", cpu) == torch.bfloat16
+    with pytest.raises(ValueError, match="fp16 needs CUDA"):
+        amp_dtype("fp16", cpu)

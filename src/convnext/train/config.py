@@ -94,7 +94,7 @@ class RunConfig:
     out_dir: str = "runs"
     seed: int = 0
     device: str = "auto"  # "auto", "cpu", "cuda"
-    amp: str = "auto"  # "auto" (bf16 on CUDA, none on CPU), "bf16", "fp16" (CUDA, with grad scaler), "none"
+    amp: str = "auto"  # "auto" (bf16 on CUDA and on CPUs with bf16 in hardware, else none), "bf16", "fp16", "none"
     channels_last: bool = True
     compile: bool = False
     strategy: str = "ddp"  # "ddp" or "fsdp" (shards parameters, gradients and optimizer state; for XL)

@@ -152,10 +152,10 @@ def resolve_device(name: str) -> torch.device:
 
 
 def amp_dtype(amp: str, device: torch.device) -> torch.dtype | None:
-    """The autocast dtype for `amp` ("auto": bf16 on CUDA; none on CPU, where bf16 pays off only with native
-    support such as AMX, so recipes opt in with amp=bf16)."""
+    """The autocast dtype for `amp`. "auto": bf16 on CUDA, and on a CPU whose hardware computes bf16 (AMX or
+    AVX512-BF16, as probed by `fast.capabilities`); elsewhere none, as emulated bf16 is slower than fp32."""
     if amp == "auto":
-        amp = "bf16" if device.type == "cuda" else "none"
+        amp = "bf16" if device.type == "cuda" or (device.type == "cpu" and fast.capabilities().native_bf16) else "none"
     if amp == "fp16" and device.type != "cuda":
         raise ValueError("amp=fp16 needs CUDA (it uses a gradient scaler); use bf16 or none on CPU")
     return {"bf16": torch.bfloat16, "fp16": torch.float16, "none": None}[amp]
