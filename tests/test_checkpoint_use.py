@@ -13,8 +13,13 @@ from timm.data import create_transform
 import convnext
 from checkpoint_helpers import fmnist_recipe, randomize, training_checkpoint
 from convnext.cli import main
-from convnext.data.datasets import FASHION_MNIST_CLASSES, FASHION_MNIST_MEAN, FASHION_MNIST_STD, fashion_mnist
-from convnext.data.spec import recipe_data_spec
+from convnext.data.datasets import (
+    FASHION_MNIST_CLASSES,
+    FASHION_MNIST_MEAN,
+    FASHION_MNIST_STD,
+    data_spec,
+    fashion_mnist,
+)
 from convnext.data.transforms import SmallImageBatchTransform
 from convnext.data_config import DataSpec
 
@@ -28,7 +33,7 @@ def run(tmp_path_factory, one_thread):
     ImageNet-layout folder whose class folders are the class names ("T-shirt/top" -> "T-shirt_top")."""
     root = tmp_path_factory.mktemp("run")
     model = randomize(convnext.create_model("convnext_fmnist", num_classes=10, in_chans=1, **TINY), 0.3)
-    spec = recipe_data_spec(fmnist_recipe()["data"], in_chans=1)  # what the training loop records
+    spec = data_spec(fmnist_recipe()["data"], in_chans=1)  # what the training loop records
     torch.save(training_checkpoint(model, spec, fmnist_recipe(kwargs={"dims": [8, 16, 32], "depths": [1, 1, 1]})),
                root / "best.pt")
     torch.save(training_checkpoint(model, None, fmnist_recipe(kwargs={"dims": [8, 16, 32], "depths": [1, 1, 1]})),
@@ -96,6 +101,9 @@ def test_checkpoint_from_before_data_configs(run, tmp_path):
     torch.save(training_checkpoint(gray, None, recipe), tmp_path / "old.pt")
     spec = convnext.load(tmp_path / "old.pt").data_config
     assert (spec.in_chans, spec.input_size, spec.crop_pct, spec.class_names) == (1, (64, 64), 0.95, ("ant", "bee"))
+    # at 384 the recipe's eval squashes, as the official code does
+    at_384 = data_spec({"dataset": "imagefolder", "input_size": 384}, 3)
+    assert (at_384.crop_pct, at_384.crop_mode, at_384.class_names) == (1.0, "squash", None)
 
 
 def test_release_data_config_follows_the_paper():

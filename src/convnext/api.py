@@ -89,11 +89,11 @@ def read_source(path: str | os.PathLike, key: str | None = None) -> Source:
     source = checkpoints.read_source(path, key)
     if source.data_config is None and source.recipe is not None:
         # data sets are defined above this layer: imported only for these older checkpoints
-        from .data.spec import recipe_data_spec
+        from .data.datasets import data_spec
 
-        cfg = source.model_config
-        source.data_config = recipe_data_spec(source.recipe.get("data") or {}, in_chans=cfg.get("in_chans", 3),
-                                              num_classes=cfg.get("num_classes"))
+        spec = data_spec(source.recipe.get("data") or {}, source.model_config.get("in_chans", 3))
+        classes = source.model_config.get("num_classes")
+        source.data_config = spec.for_classes(classes) if classes is not None else spec
     return source
 
 

@@ -3,11 +3,12 @@ straight from the Debian package's idx files."""
 
 from __future__ import annotations
 
+import dataclasses
 import gzip
 import logging
 import os
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -257,14 +258,27 @@ def class_names(dataset) -> list[str] | None:
     return list(classes) if classes is not None else None
 
 
-def data_spec(data_cfg, in_chans: int, classes: list[str] | None = None) -> DataSpec:
-    """The data config (`DataSpec`) of a model trained on the recipe's data section `data_cfg`: what its
-    checkpoints carry so that predict, eval and export prepare images the same way."""
-    c = data_cfg
-    if c.dataset == "fashion_mnist":
+def data_spec(data_cfg, in_chans: int, classes: Sequence[str] | None = None) -> DataSpec:
+    """The data config (`DataSpec`) of a model trained on the recipe's data section `data_cfg` (a `DataConfig`,
+    or its dict as a checkpoint's recipe holds it): what its checkpoints carry so that predict, eval and export
+    prepare images the way evaluation did.
+
+    Fashion-MNIST: 28x28, its mean/std and ten names. An image folder: the eval transform of `build_datasets`
+    (input size, interpolation, crop_pct 0.875 below 384 and squash at 384 and above unless the recipe sets
+    one; ImageNet's mean/std) and `classes`, by default the class folders of root/train_split if they exist.
+    """
+    c = data_cfg if isinstance(data_cfg, Mapping) else dataclasses.asdict(data_cfg)
+    if c.get("dataset") == "fashion_mnist":
         # 28x28 inputs normalised, no resize or crop (the eval transform's crop_pct 1.0 at size 28)
-        return DataSpec(in_chans=in_chans, input_size=(28, 28), mean=FASHION_MNIST_MEAN, std=FASHION_MNIST_STD,
-                        interpolation="bilinear", crop_pct=1.0, class_names=tuple(classes or FASHION_MNIST_CLASSES))
-    crop_pct = c.crop_pct if c.crop_pct is not None else (1.0 if c.input_size >= 384 else 0.875)
-    return DataSpec(in_chans=in_chans, input_size=(c.input_size, c.input_size), interpolation=c.interpolation,
-                    crop_pct=crop_pct, class_names=tuple(classes) if classes else None)
+        return DataSpec(in_chans=in_chans, input_size=(28, 28), mean=FASHION_MNIST_MEAN * in_chans,
+                        std=FASHION_MNIST_STD * in_chans, interpolation="bilinear", crop_pct=1.0,
+                        class_names=tuple(classes or FASHION_MNIST_CLASSES))
+    spec = DataSpec.for_channels(in_chans, interpolation=c.get("interpolation") or "bicubic")
+    spec = spec.at_size(int(c.get("input_size") or 224))
+    if c.get("crop_pct") is not None:  # eval_transform: an explicit crop_pct means resize + center crop
+        spec = spec.replace(crop_pct=float(c["crop_pct"]), crop_mode="center")
+    if not classes and c.get("root"):
+        split = Path(c["root"]) / (c.get("train_split") or "train")
+        classes = sorted(d.name for d in split.iterdir() if d.is_dir() and not d.name.startswith(".")) \
+            if split.is_dir() else None
+    return spec.replace(class_names=tuple(classes) if classes else None)
