@@ -23,7 +23,8 @@ import torchvision.transforms as T
 from timm.models.resnet import BasicBlock, ResNet
 from torch import nn
 
-from convnext.data.datasets import FASHION_MNIST_MEAN, FASHION_MNIST_STD, fashion_mnist
+from convnext.data.datasets import fashion_mnist
+from convnext.data_config import FASHION_MNIST_MEAN, FASHION_MNIST_STD
 from convnext.flops import count_macs, count_params
 from convnext.robustness import evaluate_corruptions, summarize
 from convnext.robustness.corrupt import fashion_mnist_samples, write_corrupted

@@ -40,3 +40,19 @@ def serve_directory(directory: Path) -> Iterator[str]:
         server.shutdown()
         server.server_close()
         thread.join()
+
+
+def training_checkpoint(model: nn.Module, data_config=None, recipe: dict | None = None, **extra) -> dict:
+    """A checkpoint in the training loop's format: {"model", "model_config", "data_config", "config", ...};
+    `data_config=None` writes one from before checkpoints recorded model and data configs (no model_config,
+    no data_config: only the recipe says what was trained)."""
+    ck = {"model": model.state_dict(), "config": recipe or {}, "epoch": 1, "top1": 50.0, **extra}
+    if data_config is not None:
+        ck.update(model_config=model.config, data_config=data_config.to_dict())
+    return ck
+
+
+def fmnist_recipe(**model) -> dict:
+    """The parts of a resolved Fashion-MNIST recipe a checkpoint reader may look at."""
+    return {"recipe": "fashion_mnist", "model": {"name": "convnext_fmnist", "in_chans": None, "kwargs": {}, **model},
+            "data": {"dataset": "fashion_mnist", "root": "", "input_size": 28}, "resolved": {"num_classes": 10}}

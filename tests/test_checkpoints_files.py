@@ -145,3 +145,19 @@ def test_save_is_atomic_an_interrupted_write_keeps_the_old_file(tmp_path, atto, 
         convnext.save(convnext.create_model("convnext_atto"), tmp_path / "ckpt")
     assert (tmp_path / "ckpt" / "model.safetensors").read_bytes() == before
     assert sorted(p.name for p in (tmp_path / "ckpt").iterdir()) == ["config.json", "model.safetensors"]
+
+
+def test_inferred_config_keeps_what_differs_from_the_registry_entry():
+    from convnext.checkpoints import infer_config
+    from convnext.models import build_model
+
+    # convnext_fmnist's entry has a 2x2 stem: a file of its shape with a 4x4 stem must say so
+    sd = build_model("convnext_fmnist", patch_size=4, num_classes=10).state_dict()
+    assert infer_config(sd) == {"model": "convnext_fmnist", "patch_size": 4, "num_classes": 10}
+    # a name given (a training recipe's) is kept, with every argument its entry does not already give
+    cfg = infer_config(sd, name="convnext_atto")
+    assert cfg == {"model": "convnext_atto", "kernel_size": 3, "depths": [2, 2, 2], "dims": [32, 64, 128],
+                   "num_classes": 10}
+    rebuilt = build_model(cfg.pop("model"), **cfg)
+    assert {k: v.shape for k, v in rebuilt.state_dict().items()} == {k: v.shape for k, v in sd.items()}
+    assert infer_config(sd, name="convnext_iso_small")["model"] == "convnext_fmnist"  # not the same kind: ignored

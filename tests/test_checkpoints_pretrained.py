@@ -51,6 +51,7 @@ def test_pretrained_true_downloads_verifies_and_caches(server, monkeypatch, atto
     model_1k, size, digest = atto_release(served)
     model = convnext.create_model("convnext_atto", pretrained=True)
     assert all(torch.equal(model.state_dict()[k], v) for k, v in model_1k.state_dict().items())
+    assert model.data_config == pretrained.release_data_config(RELEASES["convnext_atto"]["in1k"])
     cached = pretrained.cache_dir() / "atto_1k.pth"
     assert cached.stat().st_size == size and (cached.parent / "atto_1k.pth.json").is_file()
 
@@ -61,6 +62,7 @@ def test_pretrained_true_downloads_verifies_and_caches(server, monkeypatch, atto
     # A saved pretrained model reloads as itself.
     convnext.save(again, served / "saved")
     assert convnext.load(served / "saved").config == again.config == {**again.config, "num_classes": 1000}
+    assert convnext.load(served / "saved").data_config.class_names[281] == "tabby, tabby cat"
 
     cached.write_bytes(cached.read_bytes()[: size // 2])
     with pytest.raises(DownloadError, match=f"atto_1k.pth has {size // 2} bytes instead of {size}: it is truncated"):
@@ -72,9 +74,11 @@ def test_22k_release_has_21841_classes_and_a_1k_head_is_reinitialised(server, at
     atto_release(served)
     model = convnext.create_model("convnext_atto", pretrained="in22k")
     assert model.head.out_features == 21841 and model.config["num_classes"] == 21841
+    assert len(model.data_config.class_names) == 21841
     with pytest.warns(UserWarning, match="21841-class head; the model has num_classes=1000"):
         ft = convnext.create_model("convnext_atto", pretrained="in22k", num_classes=1000)
     assert torch.equal(ft.stages[3][1].pwconv2.weight, model.stages[3][1].pwconv2.weight)
+    assert ft.data_config.class_names is None  # a re-initialised head: its classes are not known yet
 
 
 def test_hash_mismatch_is_refused_and_not_kept(server, monkeypatch):

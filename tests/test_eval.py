@@ -125,15 +125,3 @@ def test_train_then_eval_cli(tmp_path, capsys, _keep_threads):
     assert out_test["ema_top1"] == pytest.approx(summary["test_ema_top1"], abs=1e-6)
     assert out_test["top1"] != out_last["top1"]  # other images than the validation set's
 
-
-def test_eval_of_missing_or_foreign_weights_says_what_to_do(tmp_path):
-    from convnext.evaluate import load_for_eval
-
-    with pytest.raises(FileNotFoundError, match="not found"):
-        load_for_eval(str(tmp_path / "missing.pt"))
-    torch.save({"state_dict": {}}, tmp_path / "foreign.pth")
-    with pytest.raises(ValueError, match="pass --model NAME"):
-        load_for_eval(str(tmp_path / "foreign.pth"))
-    torch.save({"weights": {}}, tmp_path / "odd.pt")
-    with pytest.raises(ValueError, match="not a convnext training checkpoint"):
-        load_for_eval(str(tmp_path / "odd.pt"))

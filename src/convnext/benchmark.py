@@ -5,7 +5,8 @@ repetitions and the same thread count; the models are interleaved within each re
 elsewhere on the machine hits them all alike, and the median, min and max of the repetitions are reported.
 A square matmul per dtype gives the machine's peak, and each result states the fraction of it achieved.
 
-Models are named SOURCE:NAME, e.g. ``ours:convnext_tiny``, ``ours:convnext_tiny@linear`` (a compute path),
+Models are named SOURCE:NAME, e.g. ``ours:convnext_tiny``, ``ours:convnext_tiny@reference`` (a compute path),
+``ours:runs/fashion_mnist/best.pt`` (a checkpoint: its model, input channels and size),
 ``timm:swin_tiny_patch4_window7_224``, ``tv:resnet50``, ``hf:convnext_tiny`` and ``ort:convnext_tiny`` (our
 model exported to ONNX and run by onnxruntime; inference in fp32 only).
 """
@@ -17,6 +18,7 @@ import itertools
 import math
 import os
 import platform
+import re
 import statistics
 import sys
 import tempfile
@@ -54,18 +56,45 @@ class Subject:
     macs: int
     params: int
     freeze: bool = False  # infer with `convnext.freeze(module, dtype)`, made per precision (ours by default)
+    in_chans: int = 3
+    num_classes: int = 1000
 
 
 OURS_VARIANTS = ("frozen", "optimized", "reference")
 
 
 def _ours(name: str) -> nn.Module:
-    from .api import create_model
+    """ours:NAME[@VARIANT], NAME a registered model (random weights) or a checkpoint path (its model)."""
+    from .api import create_model, load
 
-    name, _, variant = name.partition("@")
+    name, variant = _ours_variant(name)
     if variant and variant not in OURS_VARIANTS:
         raise ValueError(f"ours:{name}@{variant}: the variant must be one of {', '.join(OURS_VARIANTS)}")
+    if is_checkpoint(name):
+        return load(name, optimize=variant != "reference")
     return create_model(name, optimize=variant != "reference")
+
+
+def _ours_variant(name: str) -> tuple[str, str]:
+    base, sep, variant = name.rpartition("@")
+    return (base, variant) if sep else (name, "")
+
+
+def is_checkpoint(name: str) -> bool:
+    """Whether ours:NAME names a checkpoint file or folder rather than a registered model."""
+    return os.path.exists(name) or "/" in name or os.sep in name or name.endswith((".pt", ".pth", ".safetensors"))
+
+
+def checkpoint_input_size(models: list[str]) -> tuple[int, int] | None:
+    """The input size of the first checkpoint among `models` (ours:PATH), from its data config."""
+    from .api import read_source
+
+    for spec in models:
+        source, _, name = spec.partition(":")
+        if source in ("ours", "ort") and is_checkpoint(_ours_variant(name)[0]):
+            data_config = read_source(_ours_variant(name)[0]).data_config
+            return data_config.input_size if data_config else None  # bare weights: the default, 224
+    return None
 
 
 def _timm(name: str) -> nn.Module:
@@ -114,7 +143,8 @@ def _onnxruntime(name: str, size: tuple[int, int], threads: int, workdir: Path) 
         from .export import export_onnx
     except ImportError as e:
         raise RuntimeError(f"ort:{name} needs onnxruntime and convnext.export ({e})") from e
-    path = export_onnx(_ours(name).eval(), workdir / f"{name.replace('@', '_')}.onnx", input_size=size)
+    file = re.sub(r"[^\w.-]", "_", name) + ".onnx"  # a checkpoint path becomes one file name inside workdir
+    path = export_onnx(_ours(name).eval(), workdir / file, input_size=size)
     opts = ort.SessionOptions()
     opts.intra_op_num_threads, opts.inter_op_num_threads = threads, 1
     session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
@@ -138,17 +168,25 @@ def build_subject(spec: str, size: tuple[int, int], device: torch.device, thread
         if device.type != "cpu":
             raise ValueError("the ort backend runs on CPU only")
         reference = _ours(name)
-        return Subject(spec, None, _onnxruntime(name, size, threads, workdir), count_macs(reference, size),
-                       sum(p.numel() for p in reference.parameters()))
+        in_chans = _io(reference)[0]
+        return Subject(spec, None, _onnxruntime(name, size, threads, workdir), count_macs(reference, size, in_chans),
+                       sum(p.numel() for p in reference.parameters()), in_chans=in_chans)
     model = BUILDERS[source](name)
-    macs = count_macs(model, size)
+    in_chans, num_classes = _io(model)
+    macs = count_macs(model, size, in_chans)
     model = model.to(device)
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
     fn = fast.compile(model) if compile_model else model
     # ours infers frozen (folded, packed weights) unless a variant says otherwise; a frozen model does not compile
     freeze = source == "ours" and name.partition("@")[2] in ("", "frozen") and not compile_model
-    return Subject(spec, model, fn, macs, sum(p.numel() for p in model.parameters()), freeze)
+    return Subject(spec, model, fn, macs, sum(p.numel() for p in model.parameters()), freeze, in_chans, num_classes)
+
+
+def _io(model: nn.Module) -> tuple[int, int]:
+    """(input channels, classes) of one of our models, (3, 1000) for the peers'."""
+    config = getattr(model, "config", None) or {}
+    return config.get("in_chans", 3), config.get("num_classes", 1000)
 
 
 def build_for_counting(spec: str, features: bool = False, in_chans: int = 3) -> nn.Module:
@@ -260,7 +298,7 @@ class _Step:
         self.subject, self.mode, self.precision, self.device = subject, mode, precision, device
         self.x = x.to(_DTYPES[precision]) if precision == "bf16-weights" else x
         self.grad_mode = grad_mode
-        self.target = torch.randint(0, 1000, (x.shape[0],), device=device)
+        self.target = torch.randint(0, max(subject.num_classes, 1), (x.shape[0],), device=device)
         module = subject.module
         if module is not None:
             if precision == "bf16-weights":
@@ -296,15 +334,17 @@ class _Step:
 def measure(subjects: list[Subject], mode: str, precision: str, batch_size: int, size: tuple[int, int],
             device: torch.device, warmup: int = 1, reps: int = 3, channels_last: bool = False,
             peaks: dict[str, float] | None = None, grad_mode: str = "inference_mode") -> list[Result]:
-    """Time `subjects` interleaved: `warmup` untimed steps each, then `reps` rounds of one step per subject."""
-    x = torch.randn(batch_size, 3, *size, device=device)
-    if channels_last:
-        x = x.contiguous(memory_format=torch.channels_last)
+    """Time `subjects` interleaved: `warmup` untimed steps each, then `reps` rounds of one step per subject.
+    Every subject with the same number of input channels gets the same batch."""
+    inputs: dict[int, torch.Tensor] = {}
     steps = []
     for s in subjects:
         if s.module is None and (mode == "train" or precision != "fp32"):
             continue  # exported graphs run fp32 inference only
-        steps.append(_Step(s, mode, precision, x, device, grad_mode))
+        if s.in_chans not in inputs:
+            x = torch.randn(batch_size, s.in_chans, *size, device=device)
+            inputs[s.in_chans] = x.contiguous(memory_format=torch.channels_last) if channels_last else x
+        steps.append(_Step(s, mode, precision, inputs[s.in_chans], device, grad_mode))
     times: dict[str, list[float]] = {st.subject.label: [] for st in steps}
     memory: dict[str, float | None] = {}
     for st in steps:
@@ -363,13 +403,14 @@ def cpu_name() -> str:
 
 
 def run(models: list[str], modes: list[str], precisions: list[str], batch_size: int = 32,
-        img_size: tuple[int, int] = (224, 224), device: str = "cpu", threads: int | None = None, warmup: int = 1,
+        img_size: tuple[int, int] | None = None, device: str = "cpu", threads: int | None = None, warmup: int = 1,
         reps: int = 3, channels_last: bool = False, compile_model: bool = False,
         grad_mode: str = "inference_mode", paper_protocol: bool | None = None, peak_size: int = 4096,
         log: Callable[[str], None] = print) -> dict[str, Any]:
     """Benchmark `models` in every (mode, precision) and return {"env", "peaks", "results"} (JSON-ready).
 
     On CUDA the paper's Table 12 protocol is the default: TF32 matmuls and convolutions, channels_last.
+    `img_size` None: the input size of the first checkpoint among `models` (ours:PATH), else 224.
     """
     dev = torch.device(device)
     if threads:
@@ -390,6 +431,7 @@ def run(models: list[str], modes: list[str], precisions: list[str], batch_size: 
             raise ValueError(f"mode {m!r} is not one of {', '.join(MODES)}")
     for m in models:
         _parse_spec(m)
+    img_size = img_size or checkpoint_input_size(models) or (224, 224)
     peaks = {}
     for p in dict.fromkeys("bf16" if p == "bf16-weights" else p for p in precisions):
         peaks[p] = matmul_peak_gflops(_DTYPES[p], dev, peak_size)

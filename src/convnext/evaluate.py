@@ -1,15 +1,16 @@
-"""Top-1/top-5 evaluation: the function training uses and the `convnext eval` command.
+"""Top-1/top-5 evaluation: the function training and `convnext eval` use, and the mapping of an image
+folder's classes onto a model's.
 
-    convnext eval --weights runs/fashion_mnist/best.pt --data fashion_mnist
-    convnext eval --weights convnext_tiny_1k_224_ema.pth --model convnext_tiny --data /data/imagenet --split val
+    convnext eval --weights runs/fashion_mnist/best.pt
+    convnext eval --weights convnext_tiny_1k_224_ema.pth --data /data/imagenet --split val
 """
 
 from __future__ import annotations
 
 import math
+import re
+from collections.abc import Sequence
 from contextlib import nullcontext
-from pathlib import Path
-from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -72,49 +73,28 @@ def evaluate(model: nn.Module, loader, device: torch.device | str = "cpu", amp_d
     return {"top1": 100.0 * top1 / n, "top5": 100.0 * top5 / n, "loss": loss / n, "n": int(n)}
 
 
-def load_for_eval(weights: str, model_name: str | None = None, num_classes: int | None = None,
-                  in_chans: int | None = None) -> tuple[nn.Module, dict[str, Any], nn.Module | None]:
-    """A model with `weights`: a training checkpoint of ours (rebuilt from the config inside it) or any layout
-    `create_model(name, pretrained=path)` reads (then `model_name` is needed).
+def folder_class_map(folder_classes: Sequence[str], class_names: Sequence[str] | None, num_classes: int,
+                     where: str = "the folder") -> list[int]:
+    """The model's class index for each class folder (in ImageFolder's sorted order).
 
-    Returns (model, config dict, EMA model): the EMA model holds the EMA weights that a full training checkpoint
-    (`last-*.pt` of a run with EMA) carries beside the model's, and is None for every other file."""
-    from .api import create_model
+    By name where every folder is named after one of the model's classes (compared ignoring case and
+    punctuation, so "T-shirt_top" is "T-shirt/top", which no folder can be called); else by position where
+    there are as many folders as classes (ImageNet's wnid folders sort into its class order)."""
+    if class_names:
+        index = {_key(n): i for i, n in reversed(list(enumerate(class_names)))}
+        if all(_key(c) in index for c in folder_classes):
+            return [index[_key(c)] for c in folder_classes]
+    if len(folder_classes) == num_classes:
+        return list(range(num_classes))
+    named = f" named {_few(class_names, 10)}" if class_names else ""
+    raise ValueError(f"{where} has {len(folder_classes)} class folders ({_few(folder_classes, 5)}) but the model has "
+                     f"{num_classes} classes{named}: name the folders after the model's classes, or give one folder "
+                     "per class in class order.")
 
-    path = Path(weights)
-    if not path.exists():
-        raise FileNotFoundError(f"Weights {path} not found")
-    if path.suffix == ".pt":
-        from .checkpoints.io import load_checkpoint
 
-        ck = load_checkpoint(path)
-        cfg = ck.get("config")
-        if "model_config" in ck:
-            from .api import model_from_config
+def _few(names: Sequence[str], n: int) -> str:
+    return ", ".join(list(names)[:n]) + (" ..." if len(names) > n else "")
 
-            def rebuild(state: dict) -> nn.Module:
-                model = model_from_config(ck["model_config"])
-                model.load_state_dict(state)
-                return model
 
-            return rebuild(ck["model"]), cfg, (rebuild(ck["ema"]) if ck.get("ema") is not None else None)
-        if not cfg:
-            raise ValueError(f"{path} has no config; pass --model NAME to read it as plain weights")
-        m, res = cfg["model"], cfg.get("resolved", {})
-        kwargs = dict(num_classes=m.get("num_classes") or res["num_classes"],
-                      in_chans=m.get("in_chans") or (1 if cfg["data"]["dataset"] == "fashion_mnist" else 3),
-                      **m.get("kwargs", {}))
-        if m.get("layer_scale_init_value") is not None:
-            kwargs["layer_scale_init_value"] = m["layer_scale_init_value"]
-        def build(state: dict) -> nn.Module:
-            model = create_model(model_name or m["name"], **kwargs)
-            model.load_state_dict(state)
-            return model
-
-        return build(ck["model"]), cfg, (build(ck["ema"]) if ck.get("ema") is not None else None)
-    if not model_name:
-        raise ValueError(f"{path} is not a convnext training checkpoint: pass --model NAME (e.g. convnext_tiny)")
-    kw = {} if num_classes is None else {"num_classes": num_classes}
-    if in_chans:
-        kw["in_chans"] = in_chans
-    return create_model(model_name, pretrained=str(path), **kw), {}, None
+def _key(name: str) -> str:
+    return re.sub(r"[^0-9a-z]+", "_", name.lower()).strip("_")

@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from . import fast
+from .data_config import DataSpec
 
 FORMATS: dict[str, str] = {"onnx": ".onnx", "torchscript": ".ts", "exported-program": ".pt2"}
 INPUT_NAME, OUTPUT_NAME = "images", "logits"
@@ -140,35 +141,26 @@ def load_exported(path: str | os.PathLike, fmt: str) -> Callable[[torch.Tensor],
     raise ValueError(f"format must be one of {', '.join(FORMATS)}, not {fmt!r}")
 
 
-def sample_images(input_size: int | Sequence[int] = 224, in_chans: int = 3,
+def sample_images(spec: DataSpec | int | Sequence[int] = 224, in_chans: int = 3,
                   paths: Sequence[str | os.PathLike] | None = None) -> torch.Tensor:
     """Real photographs as a model input batch (N, in_chans, H, W): the files in `paths`, or scikit-image's
-    bundled photographs; through the paper's eval transform (ImageNet normalisation)."""
-    from PIL import Image
+    bundled photographs, through a model's eval transform: its data config `spec` (`model.data_config`), or,
+    given a size, ImageNet's input format at that size (mean/std averaged over the channels when not RGB)."""
+    from .data.transforms import load_image, transform
 
-    from .data.transforms import eval_transform
-
+    if not isinstance(spec, DataSpec):
+        spec = DataSpec.for_channels(in_chans, input_size=_size(spec), crop_pct=1.0)
     if paths:
-        images = [Image.open(p) for p in paths]
+        images = [load_image(p) for p in paths]
     else:
         try:
             import skimage.data
         except ImportError as e:
             raise ImportError("no images given and scikit-image (for its sample photographs) is not installed: "
                               "pass image files (--images) or pip install scikit-image") from e
-        images = [Image.fromarray(getattr(skimage.data, name)()) for name in SAMPLE_PHOTOS]
-    h, w = _size(input_size)
-    if in_chans == 3:
-        transform = eval_transform(max(h, w), crop_pct=1.0)
-        images = [img.convert("RGB") for img in images]
-    else:
-        transform = eval_transform(max(h, w), crop_pct=1.0, mean=(0.5,) * in_chans, std=(0.25,) * in_chans)
-        images = [img.convert("L") for img in images]
-    batch = torch.stack([transform(img) for img in images])
-    if in_chans not in (1, 3):
-        batch = batch.expand(-1, in_chans, -1, -1).contiguous()
-    return torch.nn.functional.interpolate(batch, size=(h, w), mode="bilinear") if (h, w) != batch.shape[-2:] \
-        else batch
+        images = [getattr(skimage.data, name)() for name in SAMPLE_PHOTOS]
+    tf = transform(spec)
+    return torch.stack([tf(img) for img in images])
 
 
 @torch.no_grad()
@@ -203,7 +195,8 @@ def export(model: nn.Module, path: str | os.PathLike, fmt: str, input_size: int 
         raise ValueError(f"format must be one of {', '.join(FORMATS)}, not {fmt!r}")
     path = EXPORTERS[fmt](model, path, input_size)
     if images is None:
-        images = sample_images(input_size, _in_chans(model))
+        spec = getattr(model, "data_config", None)
+        images = sample_images(spec.at_size(_size(input_size)) if spec else input_size, _in_chans(model))
     return path, verify_export(model, path, fmt, images, atol)
 
 

@@ -1,5 +1,5 @@
-"""`create_model(name, pretrained=...)`: resolve the weights (a release tag, a URL or a path), build the model
-they fit and load them; a different class count re-initialises only the head."""
+"""Building the model a checkpoint holds: resolve the weights (a release tag, a URL or a path), build the
+network they fit, load them and attach the data config; a different class count re-initialises only the head."""
 
 from __future__ import annotations
 
@@ -12,12 +12,12 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..data_config import DataSpec
 from ..models import LayerNorm2d, build_model
 from .errors import CheckpointError
-from .io import load_state_dict
 from .matching import load_checked
-from .ours import read_config
-from .pretrained import Release, download, find_release, release_url
+from .pretrained import Release, download, find_release, imagenet_class_names, release_data_config, release_url
+from .source import Source
 
 # config.json entries that define the architecture: a file in our format rebuilds exactly what it was.
 ARCH_KEYS = ("depths", "dims", "depth", "dim", "in_chans", "patch_size", "kernel_size", "layer_scale_init_value")
@@ -41,36 +41,49 @@ def resolve_weights(name: str, pretrained: bool | str) -> tuple[Path, Release | 
     raise CheckpointError(f"Checkpoint not found: {text}")
 
 
-def create_pretrained(
-    name: str,
-    pretrained: bool | str,
+def build_from_source(
+    source: Source,
+    name: str | None = None,
     *,
+    release: Release | None = None,
     num_classes: int | None = None,
-    features_only: bool = False,
-    out_indices: Sequence[int] = (0, 1, 2, 3),
+    features_only: bool | None = None,
+    out_indices: Sequence[int] | None = None,
     **kwargs: Any,
 ) -> nn.Module:
-    """The reference model `name` (`build_model` arguments in `kwargs`) with the weights `pretrained`: True, a
-    release tag, a URL or a path.
+    """The reference model a checkpoint holds, with its weights and `model.data_config`.
+
+    `name=None` rebuilds what the file says (`convnext.load`): its whole model config, with `kwargs` as
+    overrides. A `name` builds that model (`create_model(name, pretrained=...)`): from a file that names its
+    model only the architecture is taken, and it must be the same model.
 
     Classification weights load into a `features_only` backbone too (their pooled norm and head are
     dropped; the backbone's norm0..norm3 keep their initialisation, with a warning), as do the official
     detection/segmentation backbone files. `num_classes` other than the file's re-initialises the head.
     """
-    path, release = resolve_weights(name, pretrained)
-    state_dict = load_state_dict(path)
-    file_cfg = read_config(path)
-    if file_cfg is not None:
-        if file_cfg["model"] != name:
-            raise CheckpointError(f"{path} holds a {file_cfg['model']}, not a {name}: use convnext.load(path) or "
-                                  f"create_model({file_cfg['model']!r}, pretrained=path).")
-        kwargs.update({k: v for k, v in file_cfg.items() if k in ARCH_KEYS})
-    source = f"{path}" + (f" ({release.file})" if release else "")
+    config = {k: v for k, v in source.model_config.items() if k != "model"}
+    if name is None:
+        name = source.model_config["model"]
+        merged = {**config, **kwargs}
+        num_classes = merged.get("num_classes") if num_classes is None else num_classes
+        features_only = merged.get("features_only") if features_only is None else features_only
+        out_indices = merged.get("out_indices") if out_indices is None else out_indices
+        kwargs = {k: v for k, v in merged.items() if k not in ("num_classes", "features_only", "out_indices")}
+    elif source.recorded:
+        if source.model_config["model"] != name:
+            raise CheckpointError(f"{source.path} holds a {source.model_config['model']}, not a {name}: use "
+                                  f"convnext.load(path) or create_model({source.model_config['model']!r}, "
+                                  "pretrained=path).")
+        kwargs = {**{k: v for k, v in config.items() if k in ARCH_KEYS}, **kwargs}
+    features_only = bool(features_only)
+    out_indices = tuple(out_indices) if out_indices is not None else (0, 1, 2, 3)
+    state_dict = source.state_dict
+    label = f"{source.path}" + (f" ({release.file})" if release else "")
 
     if features_only:
-        state_dict, allow = _for_backbone(state_dict, tuple(out_indices))
+        state_dict, allow = _for_backbone(state_dict, out_indices)
         with torch.device("meta"):
-            model = build_model(name, features_only=True, out_indices=tuple(out_indices), **kwargs)
+            model = build_model(name, features_only=True, out_indices=out_indices, **kwargs)
     else:
         file_classes = state_dict["head.weight"].shape[0] if "head.weight" in state_dict else None
         default = file_classes or (release.num_classes if release else 1000)
@@ -80,14 +93,32 @@ def create_pretrained(
             state_dict = {k: v for k, v in state_dict.items() if not k.startswith("head.")}
             allow = ("head.",)
             if classes:
-                warnings.warn(f"{source} has a {file_classes}-class head; the model has num_classes={classes}, so "
+                warnings.warn(f"{label} has a {file_classes}-class head; the model has num_classes={classes}, so "
                               "its head was re-initialised (all other weights loaded).", stacklevel=3)
         with torch.device("meta"):
             model = build_model(name, num_classes=classes, **kwargs)
     # Built on the meta device and given the file's tensors: no time spent on a random init they replace.
-    load_checked(model, state_dict, source=source, allow_missing=allow, assign=True)
+    load_checked(model, state_dict, source=label, allow_missing=allow, assign=True)
     _init_missing(model, allow, kwargs.get("head_init_scale", 1.0))
+    spec = source.data_config or (release_data_config(release) if release else None)
+    model.data_config = data_config_for(model, spec)
     return model
+
+
+def data_config_for(model: nn.Module, spec: DataSpec | None = None) -> DataSpec:
+    """`spec` fitted to `model` (class names dropped where the head has another size), or, where no data
+    config is known, the default: RGB models get ImageNet's input format (224, bicubic, crop_pct 0.875) and,
+    with 1000 or 21841 outputs, ImageNet's class names; other channel counts get ImageNet's mean/std averaged
+    over the channels."""
+    in_chans = model.config["in_chans"]
+    num_classes = getattr(model, "num_classes", 0) if not model.config.get("features_only") else 0
+    if spec is None:
+        names = tuple(imagenet_class_names(num_classes)) if num_classes in (1000, 21841) else None
+        spec = DataSpec.for_channels(in_chans, class_names=names)
+    elif spec.in_chans != in_chans:
+        raise CheckpointError(f"The data config says {spec.in_chans} input channel(s) but the model has {in_chans}: "
+                              "the checkpoint's data config does not belong to its weights.")
+    return spec.for_classes(num_classes)
 
 
 def _init_missing(model: nn.Module, prefixes: tuple[str, ...], head_init_scale: float) -> None:

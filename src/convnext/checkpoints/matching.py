@@ -17,11 +17,12 @@ from .errors import CheckpointError
 _BACKBONE_NORM = re.compile(r"norm(\d+)\.")
 
 
-def infer_config(state_dict: Mapping[str, torch.Tensor]) -> dict[str, Any]:
+def infer_config(state_dict: Mapping[str, torch.Tensor], name: str | None = None) -> dict[str, Any]:
     """The `create_model` arguments an official-layout state dict was made with: {"model": name, ...}.
 
-    The name is the registered model with the same depths and widths; the stem, kernel, layer scale and
-    class count come from the tensor shapes, so the config rebuilds any variant the file holds.
+    The name is `name` if given (e.g. the one a training recipe records) and the same kind of network, else
+    the registered model with the same depths and widths; the stem, kernel, widths, layer scale and class
+    count come from the tensor shapes, so the config rebuilds any variant the file holds.
     """
     sd = state_dict
     if "stem.weight" in sd:  # isotropic
@@ -41,12 +42,11 @@ def infer_config(state_dict: Mapping[str, torch.Tensor]) -> dict[str, Any]:
         has_gamma = "stages.0.0.gamma" in sd
     else:
         raise CheckpointError(f"Not an official-layout ConvNeXt state dict (first keys {list(sd)[:5]}).")
-    name = next((n for n, s in MODELS.items() if {k: list(v) if isinstance(v, tuple) else v
-                                                    for k, v in s.kwargs.items() if k in arch} == arch), None)
+    if name not in MODELS or ("depth" in MODELS[name].kwargs) != ("depth" in arch):
+        name = next((n for n, s in MODELS.items() if _plain({k: v for k, v in s.kwargs.items() if k in arch}) == arch),
+                    None) or ("convnext_iso_small" if "depth" in arch else "convnext_tiny")
+    cfg.update(arch)
     layer_scale = 1e-6 if has_gamma else 0.0
-    if name is None:
-        name = "convnext_iso_small" if "depth" in arch else "convnext_tiny"
-        cfg.update(arch)
     if MODELS[name].kwargs.get("layer_scale_init_value", 1e-6) != layer_scale:
         cfg["layer_scale_init_value"] = layer_scale
     backbone = sorted(int(m.group(1)) for k in sd if (m := _BACKBONE_NORM.match(k)) and k.endswith(".weight"))
@@ -54,10 +54,17 @@ def infer_config(state_dict: Mapping[str, torch.Tensor]) -> dict[str, Any]:
         cfg.update(features_only=True, out_indices=backbone)
     else:
         cfg["num_classes"] = sd["head.weight"].shape[0] if "head.weight" in sd else 0
-    # Leave out what the constructor's defaults already say, so the config reads like a create_model call.
-    defaults = {k: p.default for k, p in inspect.signature(MODELS[name].cls).parameters.items()}
+    # Leave out what building `name` already gives (its registry entry over the constructor's defaults), so
+    # the config reads like a create_model call.
+    defaults = _plain({**{k: p.default for k, p in inspect.signature(MODELS[name].cls).parameters.items()},
+                       **MODELS[name].kwargs})
     return {"model": name, **{k: v for k, v in cfg.items() if k == "num_classes" or defaults.get(k, v) != v
                               or k in ("layer_scale_init_value", "features_only", "out_indices")}}
+
+
+def _plain(d: Mapping[str, Any]) -> dict[str, Any]:
+    """Tuples as lists, so a registry entry compares equal to the same values read from a file."""
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}
 
 
 def load_checked(model: nn.Module, state_dict: Mapping[str, torch.Tensor], *, source: str = "the checkpoint",

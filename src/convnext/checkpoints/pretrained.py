@@ -20,6 +20,7 @@ from pathlib import Path
 
 import torch
 
+from ..data_config import DataSpec
 from .errors import DownloadError
 
 BASE_URL = "https://dl.fbaipublicfiles.com/convnext/"
@@ -29,13 +30,14 @@ URL_ENV = "CONVNEXT_WEIGHTS_URL"
 
 @dataclass(frozen=True)
 class Release:
-    """One official weight file: its name under the base URL, its classifier size and, where known, its
-    size in bytes and sha256 (verified when set)."""
+    """One official weight file: its name under the base URL, its classifier size, the resolution it was
+    trained and evaluated at and, where known, its size in bytes and sha256 (verified when set)."""
 
     file: str
     num_classes: int = 1000
     size: int | None = None
     sha256: str | None = None
+    input_size: int = 224
 
 
 def _family(size: str, in1k: bool, in1k_384: bool, in22k: bool) -> dict[str, Release]:
@@ -43,10 +45,10 @@ def _family(size: str, in1k: bool, in1k_384: bool, in22k: bool) -> dict[str, Rel
     if in1k:
         tags["in1k"] = Release(f"convnext_{size}_1k_224_ema.pth")
     if in1k_384:
-        tags["in1k_384"] = Release(f"convnext_{size}_1k_384.pth")
+        tags["in1k_384"] = Release(f"convnext_{size}_1k_384.pth", input_size=384)
     if in22k:
         tags["in22k_ft_in1k"] = Release(f"convnext_{size}_22k_1k_224.pth")
-        tags["in22k_ft_in1k_384"] = Release(f"convnext_{size}_22k_1k_384.pth")
+        tags["in22k_ft_in1k_384"] = Release(f"convnext_{size}_22k_1k_384.pth", input_size=384)
         tags["in22k"] = Release(f"convnext_{size}_22k_224.pth", num_classes=21841)
     return tags
 
@@ -77,6 +79,19 @@ def find_release(model: str, tag: str | bool) -> Release:
         raise ValueError(f"Unknown pretrained tag {tag!r} for {model}; valid tags: {', '.join(tags)} "
                          "(or a checkpoint path or URL).")
     return tags[tag]
+
+
+def release_for_file(path: str | os.PathLike) -> Release | None:
+    """The release a file is, by its name (a downloaded `convnext_tiny_1k_224_ema.pth` kept anywhere), or None."""
+    name = os.path.basename(path)
+    return next((r for tags in RELEASES.values() for r in tags.values() if r.file == name), None)
+
+
+def release_data_config(release: Release) -> DataSpec:
+    """The input format and class names of an official release: RGB, ImageNet mean/std, bicubic, the
+    paper's eval (crop_pct 0.875 at 224; squashed to 384 x 384 at 384) and the ImageNet-1K or -22K names."""
+    spec = DataSpec(class_names=tuple(imagenet_class_names(release.num_classes)))
+    return spec.at_size(release.input_size) if release.input_size != 224 else spec
 
 
 def release_url(release: Release) -> str:

@@ -14,12 +14,16 @@ from ._common import parse_size
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Arguments of `convnext benchmark`."""
-    parser.add_argument("models", nargs="*", default=list(DEFAULT_MODELS),
+    parser.add_argument("models", nargs="*", default=None,
                         help="SOURCE:NAME, SOURCE in ours, timm, tv, hf, ort; ours:NAME@VARIANT runs ours 'frozen' "
-                             "(the default for inference), 'optimized' (convnext.optimize only) or 'reference' "
-                             f"(default: {' '.join(DEFAULT_MODELS)})")
+                             "(the default for inference), 'optimized' (convnext.optimize only) or 'reference'; "
+                             "ours:PATH a checkpoint (default: the --weights checkpoint, else "
+                             f"{' '.join(DEFAULT_MODELS)})")
+    parser.add_argument("--weights", default=None,
+                        help="benchmark this checkpoint (as ours:PATH): its model, input channels and size")
     parser.add_argument("--batch-size", "-b", type=int, default=32)
-    parser.add_argument("--img-size", type=parse_size, default=(224, 224), help="N or HxW (default 224)")
+    parser.add_argument("--img-size", type=parse_size, default=None,
+                        help="N or HxW (default: the checkpoint's input size, else 224)")
     parser.add_argument("--mode", nargs="+", default=["infer"], choices=MODES)
     parser.add_argument("--precision", nargs="+", default=["fp32"], choices=PRECISIONS,
                         help="bf16/fp16: autocast; bf16-weights: model and input cast to bf16")
@@ -39,13 +43,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def main(args: argparse.Namespace) -> int:
     """Run `convnext benchmark`."""
-    try:
-        report = run(args.models, args.mode, args.precision, args.batch_size, args.img_size, args.device,
-                     args.threads, args.warmup, args.reps, args.channels_last, args.compile,
-                     "no_grad" if args.no_grad else "inference_mode", args.paper_protocol, args.peak_size)
-    except (ValueError, RuntimeError) as e:
-        print(f"convnext benchmark: error: {e}")
-        return 2
+    models = list(args.models or ([] if args.weights else DEFAULT_MODELS))
+    if args.weights:
+        models.insert(0, f"ours:{args.weights}")
+    report = run(models, args.mode, args.precision, args.batch_size, args.img_size, args.device,
+                 args.threads, args.warmup, args.reps, args.channels_last, args.compile,
+                 "no_grad" if args.no_grad else "inference_mode", args.paper_protocol, args.peak_size)
     print(format_table(report))
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)

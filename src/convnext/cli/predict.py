@@ -1,39 +1,50 @@
-"""`convnext predict`: the top-k classes of images."""
+"""`convnext predict`: the top-k classes of images, with the model's own input format and class names.
+
+    convnext predict shirt.png --weights runs/fashion_mnist/best.pt
+    convnext predict cat.jpg dog.jpg --weights tiny_folder --json
+    convnext predict cat.jpg --model convnext_base --weights in22k_ft_in1k_384
+"""
 
 from __future__ import annotations
 
 import argparse
-import sys
+import json
 from pathlib import Path
 
-from ..predict import predict
+from ._common import load_weights
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("images", nargs="+", metavar="IMG", help="image files")
-    parser.add_argument("--model", default=None,
-                        help="model name (default: from --weights, or convnext_tiny with the official weights)")
     parser.add_argument("--weights", default=None,
-                        help="checkpoint (ours, official, timm, torchvision or HF), a release tag such as "
-                             "in22k_ft_in1k_384, or a URL; default: the model's official release")
-    parser.add_argument("--size", type=int, default=224, help="input size (384: squash resize, no crop)")
+                        help="a checkpoint: a training checkpoint (best.pt), our safetensors folder, an HF folder, "
+                             "or official/timm/torchvision weights; or, with --model, a release tag such as "
+                             "in22k_ft_in1k_384 or a URL (default: the model's official release)")
+    parser.add_argument("--model", default=None,
+                        help="model name, for a release tag or URL (default: the checkpoint's own, or convnext_tiny)")
+    parser.add_argument("--size", type=int, default=None,
+                        help="evaluate at this resolution instead of the checkpoint's (384 and above: squash, no crop)")
     parser.add_argument("--topk", type=int, default=5, help="classes to print per image")
+    parser.add_argument("--json", action="store_true",
+                        help="print one JSON object per image: {image, indices, names, probs}")
 
 
 def main(args: argparse.Namespace) -> int:
-    from ..api import create_model
-    from ..checkpoints import CheckpointError, DownloadError, load
+    from ..fast import freeze
+    from ..predict import predict
 
-    try:
-        if args.weights and args.model is None and Path(args.weights).exists():
-            model = load(args.weights)
-        else:
-            model = create_model(args.model or "convnext_tiny", pretrained=args.weights or True)
-        results = predict(model, args.images, topk=args.topk, size=args.size)
-    except (CheckpointError, DownloadError, FileNotFoundError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    if args.topk < 1:
+        raise ValueError(f"--topk must be at least 1, not {args.topk}")
+    missing = [p for p in args.images if not Path(p).is_file()]
+    if missing:  # before loading a model, which may mean a download
+        raise FileNotFoundError(f"Image not found: {missing[0]}" + (f" (and {len(missing) - 1} more)"
+                                                                    if len(missing) > 1 else ""))
+    model = load_weights(args.weights, args.model)
+    results = predict(freeze(model), args.images, topk=args.topk, size=args.size, data_config=model.data_config)
     for path, result in zip(args.images, results, strict=True):
+        if args.json:
+            print(json.dumps({"image": path, **result.to_dict()}))
+            continue
         print(path)
         for rank, (idx, name, prob) in enumerate(zip(result.indices, result.names, result.probs, strict=True), 1):
             print(f"  {rank}. {prob:7.2%}  {name} ({idx})")

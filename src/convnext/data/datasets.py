@@ -16,14 +16,11 @@ from PIL import Image
 from torchvision.datasets import ImageFolder
 from torchvision.datasets.folder import IMG_EXTENSIONS
 
-from ..data_config import DataSpec
+from ..data_config import FASHION_MNIST_CLASSES, FASHION_MNIST_MEAN, FASHION_MNIST_STD
 
 log = logging.getLogger(__name__)
 
 FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"
-FASHION_MNIST_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker",
-                         "Bag", "Ankle boot")
-FASHION_MNIST_MEAN, FASHION_MNIST_STD = (0.286,), (0.353,)
 
 
 class DataError(ValueError):
@@ -303,16 +300,3 @@ def class_names(dataset) -> list[str] | None:
     """The class names a data set knows (ImageFolder's folder names, Fashion-MNIST's), or None."""
     classes = getattr(_base(dataset), "classes", None)
     return list(classes) if classes is not None else None
-
-
-def data_spec(data_cfg, in_chans: int, classes: list[str] | None = None) -> DataSpec:
-    """The data config (`DataSpec`) of a model trained on the recipe's data section `data_cfg`: what its
-    checkpoints carry so that predict, eval and export prepare images the same way."""
-    c = data_cfg
-    if c.dataset == "fashion_mnist":
-        # 28x28 inputs normalised, no resize or crop (the eval transform's crop_pct 1.0 at size 28)
-        return DataSpec(in_chans=in_chans, input_size=(28, 28), mean=FASHION_MNIST_MEAN, std=FASHION_MNIST_STD,
-                        interpolation="bilinear", crop_pct=1.0, class_names=tuple(classes or FASHION_MNIST_CLASSES))
-    crop_pct = c.crop_pct if c.crop_pct is not None else (1.0 if c.input_size >= 384 else 0.875)
-    return DataSpec(in_chans=in_chans, input_size=(c.input_size, c.input_size), interpolation=c.interpolation,
-                    crop_pct=crop_pct, class_names=tuple(classes) if classes else None)

@@ -1,30 +1,87 @@
-"""The paper's image transforms, built with timm's transform factory."""
+"""The paper's image transforms, built with timm's transform factory, and `transform(model)`: the eval
+transform a model's data config describes."""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
+from pathlib import Path
 
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, create_transform
+from torchvision import transforms as T
+
+from ..data_config import DataSpec
 
 
 def eval_transform(
-    size: int = 224,
+    size: int | tuple[int, int] = 224,
     crop_pct: float | None = None,
     mean: tuple[float, ...] = IMAGENET_DEFAULT_MEAN,
     std: tuple[float, ...] = IMAGENET_DEFAULT_STD,
     interpolation: str = "bicubic",
+    crop_mode: str = "center",
 ) -> Callable:
     """The paper's evaluation transform for PIL images.
 
     Below 384: resize the short side to size / crop_pct (crop_pct 0.875 by default) and center-crop.
     At 384 and above: resize ("squash") to size x size with no crop, as the official code evaluates
-    its 384 models. An explicit `crop_pct` always means resize + center crop.
+    its 384 models. An explicit `crop_pct` means resize + center crop, unless `crop_mode` is "squash".
     """
-    if crop_pct is None and size >= 384:
-        return create_transform(size, is_training=False, interpolation=interpolation, crop_pct=1.0,
-                                crop_mode="squash", mean=mean, std=std)
+    if crop_pct is None and max(size if isinstance(size, tuple) else (size,)) >= 384:
+        crop_pct, crop_mode = 1.0, "squash"
     return create_transform(size, is_training=False, interpolation=interpolation,
-                            crop_pct=0.875 if crop_pct is None else crop_pct, mean=mean, std=std)
+                            crop_pct=0.875 if crop_pct is None else crop_pct, crop_mode=crop_mode, mean=mean, std=std)
+
+
+class ToMode:
+    """Convert a PIL image (or an HxW[xC] uint8 array) to the PIL mode a model reads: "L" (grayscale) or "RGB".
+
+    A class rather than a lambda so that data loader workers can pickle it."""
+
+    def __init__(self, mode: str) -> None:
+        self.mode = mode
+
+    def __call__(self, img: Image.Image | np.ndarray) -> Image.Image:
+        if isinstance(img, np.ndarray):
+            img = Image.fromarray(img)
+        return img if img.mode == self.mode else img.convert(self.mode)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.mode!r})"
+
+
+def transform(model_or_spec) -> Callable:
+    """The eval transform of a model (its `data_config`, see `convnext.data_config.DataSpec`) or of a data
+    config: PIL image or uint8 array -> normalised (in_chans, H, W) tensor, the input the model was evaluated on.
+
+        model = convnext.load("runs/fashion_mnist/best.pt")
+        x = convnext.transform(model)(Image.open("shirt.png"))[None]
+        print(model.data_config.class_names[model(x).argmax()])
+
+    Images are converted to grayscale for one-channel models and to RGB for three (a model with another
+    channel count gets the grayscale image in each channel).
+    """
+    spec = model_or_spec if isinstance(model_or_spec, DataSpec) else getattr(model_or_spec, "data_config", None)
+    if spec is None:  # a model built without convnext.create_model / load: the default for its channels
+        spec = DataSpec.for_channels((getattr(model_or_spec, "config", None) or {}).get("in_chans", 3))
+    if spec.in_chans in (1, 3):
+        return T.Compose([ToMode("L" if spec.in_chans == 1 else "RGB"),
+                          eval_transform(spec.input_size, spec.crop_pct, spec.mean, spec.std, spec.interpolation,
+                                         spec.crop_mode)])
+    # another channel count: the grayscale image in every channel, each normalised with its own statistics
+    return T.Compose([ToMode("L"), eval_transform(spec.input_size, spec.crop_pct, (0.0,), (1.0,), spec.interpolation,
+                                                  spec.crop_mode),
+                      _Repeat(spec.in_chans), T.Normalize(spec.mean, spec.std)])
+
+
+class _Repeat:
+    def __init__(self, n: int) -> None:
+        self.n = n
+
+    def __call__(self, x):
+        return x.expand(self.n, -1, -1).contiguous()
 
 
 def train_transform(data_cfg) -> Callable:
@@ -97,3 +154,26 @@ class SmallImageBatchTransform:
                     & ok[:, None, None])
             x = torch.where(mask[:, None], noise, x)
         return x.contiguous()
+
+
+ImageLike = str | os.PathLike | Image.Image | np.ndarray
+
+
+def load_image(image: ImageLike) -> Image.Image:
+    """A PIL image from a path, a PIL image or an HxW(x3) uint8 array, turned upright by its EXIF orientation
+    (as phones store photos); a bad file names its path. The model's transform converts it to its channels."""
+    if isinstance(image, Image.Image):
+        return image
+    if isinstance(image, np.ndarray):
+        return Image.fromarray(image)
+    path = Path(image)
+    if not path.is_file():
+        raise FileNotFoundError(f"Image not found: {path}")
+    try:
+        with Image.open(path) as img:
+            img = ImageOps.exif_transpose(img)
+            img.load()
+            return img
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
+        # PIL raises these for files that are not images or are truncated/corrupt
+        raise ValueError(f"Cannot read image {path}: not an image or a corrupt/truncated file ({e}).") from e

@@ -25,8 +25,8 @@ from ..data.datasets import (
     build_test_set,
     class_names,
     collate_skipping,
-    data_spec,
 )
+from ..data_config import data_spec
 from ..distributed import init_distributed
 from ..evaluate import evaluate
 from ..plots import plot_metrics
