@@ -1,259 +1,230 @@
-"""Regenerate benchmarks/RESULTS.md, its JSON and its bar charts in one command (`make bench`, ~10 min quiet).
+"""Ours against every peer at its best, one interleaved run, appended to a history (`make bench`).
 
-Measures, in one process with the same protocol (batch 32 at 224, 2 threads, 1 warm-up + 3 timed runs per
-model, models interleaved within each run, medians reported):
+One run measures ConvNeXt-T, batch 32 at 224 (and batch-1 latency), with 2 threads, every model in this
+process under the same tuned allocator (`convnext.tune_malloc()`, called before anything is allocated):
 
-- inference: ours (each compute path) vs timm, torchvision and HF ConvNeXt-T, Swin-T and ResNet-50, in fp32,
-  bf16 autocast and bf16 weights;
-- a training step (forward, backward, AdamW): ours vs timm and torchvision ConvNeXt-T and Swin-T, fp32 and bf16;
-- ONNX Runtime on our exported model, when `convnext.export` is present;
-- GMACs per stage of ConvNeXt-T at classification and downstream sizes;
-- how far each compute path's logits are from the reference path's.
+- inference: ours (frozen, optimized, compiled) against timm eager NCHW, channels_last, compiled (Inductor
+  with freezing) and channels_last + compiled, torchvision, our ONNX export in ONNX Runtime, and timm's model
+  in OpenVINO; fp32 and bf16 (autocast; OpenVINO's bf16 hint);
+- a training step (forward, backward, AdamW): ours (optimized, compiled) against timm eager, channels_last
+  and compiled; fp32 and bf16.
 
-Usage: python benchmarks/run_all.py [--quick] [--out benchmarks]
+Models alternate within each repetition, so load from elsewhere hits them alike. The record (date, commit,
+CPU and its ISA, versions, load average before and after, the matmul peak, which of our kernels ran, every
+result and every model that could not run here) is APPENDED to benchmarks/results/history.jsonl, and
+benchmarks/RESULTS.md is regenerated from the whole history: newest run first, grouped by CPU.
+
+    python benchmarks/run_all.py [--note TEXT]      # about 10-15 minutes on 2 cores
+    python benchmarks/run_all.py --quick            # a 2-minute smoke run of the script (written to a temp dir)
+    python benchmarks/run_all.py --render-only      # RESULTS.md from the history, measuring nothing
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib.util
+import datetime as dt
 import json
+import os
+import subprocess
 import sys
+import tempfile
 import time
+from collections.abc import Iterable
 from pathlib import Path
+from typing import Any
 
-import torch
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent / "src"))
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
-
-from convnext import create_model, tune_malloc  # noqa: E402
+from convnext import fast  # noqa: E402
 from convnext.benchmark import (  # noqa: E402
-    build_for_counting,  # noqa: E402
+    format_summary,
     format_table,
-    plot,
+    load_averages,
     run,
 )
-from convnext.flops import format_breakdown, stage_breakdown  # noqa: E402
+from convnext.malloc import tune_malloc  # noqa: E402
 
-PAPER_A100 = {"ConvNeXt-T": 1943.5, "Swin-T": 1325.6}  # Table 12, img/s, A100 TF32 channels_last
-INFER_MODELS = ["ours:convnext_tiny", "ours:convnext_tiny@linear", "ours:convnext_tiny@conv", "timm:convnext_tiny",
-                "tv:convnext_tiny", "hf:convnext_tiny", "timm:swin_tiny_patch4_window7_224", "tv:resnet50"]
-TRAIN_MODELS = ["ours:convnext_tiny", "timm:convnext_tiny", "tv:convnext_tiny", "timm:swin_tiny_patch4_window7_224"]
-SIZES = [(224, 224), (384, 384), (1280, 800), (2048, 512)]
-PLAIN_SUFFIX = "_glibc_default"  # results measured before tune_malloc, under glibc's default allocator
-
-
-def _find(report: dict, model: str, mode: str, precision: str) -> float | None:
-    for r in report["results"]:
-        if (r["model"], r["mode"], r["precision"]) == (model, mode, precision):
-            return r["img_per_s"]
-    return None
+MODEL = "convnext_tiny"
+INFER = ["ours:{m}", "ours:{m}@optimized", "ours:{m}@compiled", "timm:{m}", "timm:{m}@cl", "timm:{m}@compiled",
+         "timm:{m}@cl+compiled", "tv:{m}", "ort:{m}", "ov:{m}"]
+TRAIN = ["ours:{m}", "ours:{m}@compiled", "timm:{m}", "timm:{m}@cl", "timm:{m}@compiled"]
+# --quick: every kind of subject once, on a small model and image, with as few compiled graphs as possible
+QUICK_INFER = ["ours:{m}", "ours:{m}@compiled", "timm:{m}", "timm:{m}@cl", "timm:{m}@compiled", "ort:{m}", "ov:{m}"]
+QUICK_TRAIN = ["ours:{m}", "timm:{m}@compiled"]
+HISTORY = HERE / "results" / "history.jsonl"
+RESULTS_MD = HERE / "RESULTS.md"
 
 
-def _ratio(a: float | None, b: float | None) -> str:
-    return f"{a / b:.2f}x" if a and b else "-"
+# ---------------------------------------------------------------------------------------------- the record
 
 
-def path_agreement(size: int) -> str:
-    """Max |logit difference| of each compute path vs the reference, on ConvNeXt-T with trained-like gamma."""
-    torch.manual_seed(0)
-    ref = create_model("convnext_tiny", compute_path="linear").eval()
-    with torch.no_grad():
-        for name, p in ref.named_parameters():
-            if name.endswith("gamma"):
-                p.uniform_(0.5, 1.5)  # 1e-6 (the init) would hide any folding error
-    x = torch.randn(4, 3, size, size)
-    rows = ["| path | precision | max abs diff vs reference fp32 | logit spread (std) | same top-1 |",
-            "|---|---|---|---|---|"]
-    with torch.inference_mode():
-        expected = ref(x)
-        for path in ("conv", "fused"):
-            ref.set_compute_path(path)
-            for precision in ("fp32", "bf16"):
-                with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
-                    got = ref(x).float()
-                same = bool((got.argmax(1) == expected.argmax(1)).all())
-                rows.append(f"| {path} | {precision}{' autocast' if precision == 'bf16' else ''} | "
-                            f"{(got - expected).abs().max().item():.2e} | {expected.std().item():.3f} | {same} |")
-    return "\n".join(rows)
+def git_commit(root: Path = HERE.parent) -> str | None:
+    """HEAD's short hash, with "-dirty" where tracked files under src/ or benchmarks/ differ from it."""
+    try:
+        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True, text=True,
+                              check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", "src", "benchmarks"],
+                               cwd=root, capture_output=True, text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    return head + ("-dirty" if dirty else "")
 
 
-def _env_lines(report: dict) -> str:
-    env = report["env"]
-    peaks = ", ".join(f"{k} {v:.0f} GFLOP/s" for k, v in report["peaks_gflops"].items())
-    return (f"- CPU: {env['cpu']} ({env['cpu_count']} cores), {env['threads']} torch threads, oneDNN "
-            f"{'on' if env['mkldnn'] else 'off'}, malloc tuned: {env.get('malloc_tuned', 'not recorded')}; "
-            f"matmul peak: {peaks}\n"
-            f"- torch {env['torch']}, timm {env.get('timm')}, torchvision {env.get('torchvision')}, transformers "
-            f"{env.get('transformers')}, onnxruntime {env.get('onnxruntime')}, Python {env['python']}\n"
-            f"- load average (1 min) at start / end: {env['load_avg_1m']:.1f} / {env['load_avg_1m_end']:.1f}; "
-            f"batch {report['results'][0]['batch_size']}, {env['warmup']} warm-up + {env['reps']} timed runs, "
-            f"models interleaved per run, inference under {env['grad_mode']}")
+def make_record(infer: dict[str, Any], train: dict[str, Any], *, command: str, note: str, quick: bool,
+                load_before: list[float] | None, load_after: list[float] | None, seconds: float) -> dict[str, Any]:
+    """One history entry from the inference and training reports of one run."""
+    env = infer["env"]
+    caps = fast.capabilities()
+    versions = {k: env[k] for k in ("torch", "python", "timm", "torchvision", "transformers", "onnxruntime",
+                                    "openvino") if env.get(k)}
+    return {
+        "date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "commit": git_commit(), "command": command, "quick": quick, "note": note,
+        "cpu": {"name": env["cpu"], "isa": env["isa"], "flags": env["cpu_flags"], "cores": env["cpu_count"],
+                "bf16": env["bf16"], "notes": list(caps.notes)},
+        "threads": env["threads"], "allocator": "glibc, tuned (convnext.tune_malloc)" if env["malloc_tuned"]
+        else "glibc default (not tuned)", "versions": versions,
+        "load_avg_before": load_before, "load_avg_after": load_after, "minutes": round(seconds / 60, 1),
+        "peaks_gflops": infer["peaks_gflops"], "peaks_gflops_train": train["peaks_gflops"],
+        "kernels": {**env.get("ours_paths", {}), **train["env"].get("ours_paths", {})},
+        "engines": {**env.get("engines", {}), **train["env"].get("engines", {})},
+        "protocol": {k: env[k] for k in ("warmup", "reps", "latency_reps", "grad_mode")},
+        "results": infer["results"] + train["results"],
+        "failures": infer["failures"] + train["failures"],
+    }
 
 
-def _load_warning(*reports: dict) -> str:
-    loads = [r["env"][k] for r in reports for k in ("load_avg_1m", "load_avg_1m_end") if r["env"].get(k) is not None]
-    cores = reports[0]["env"]["cpu_count"] or 1
-    # The benchmark's own threads keep the load near `cores`: only more than that means other work was running.
-    if not loads or max(loads) <= cores + 1:
-        return ""
-    return (f"\n**Measured on a shared machine** (load average up to {max(loads):.1f} on {cores} cores): absolute "
-            "img/s are far below a quiet machine's and min-max spreads are wide; the ratios come from interleaved "
-            "runs, so load hit every model alike, but re-run on a quiet machine before quoting numbers.\n")
+def append_record(record: dict[str, Any], history: Path = HISTORY) -> None:
+    """Append one record (one JSON line) to the history; earlier records are never rewritten."""
+    history.parent.mkdir(parents=True, exist_ok=True)
+    with open(history, "a") as f:
+        f.write(json.dumps(record, sort_keys=False) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
 
 
-def _claims(infer: dict, train: dict, infer_models: list[str], train_models: list[str]) -> list[tuple[str, str, str]]:
-    """The issue's speed claims as (claim, measured ratio, target) from one inference and one training report."""
-    ours, timm_t = infer_models[0], infer_models[3]
-    tr_ours, tr_timm = train_models[0], train_models[1]
-    return [
-        ("fp32 inference, ours / timm",
-         _ratio(_find(infer, ours, "infer", "fp32"), _find(infer, timm_t, "infer", "fp32")), ">= 1.6x"),
-        ("bf16 autocast inference, ours / timm (autocast)",
-         _ratio(_find(infer, ours, "infer", "bf16"), _find(infer, timm_t, "infer", "bf16")), ">= 1.3x"),
-        ("bf16 weights inference, ours / timm (autocast)",
-         _ratio(_find(infer, ours, "infer", "bf16-weights"), _find(infer, timm_t, "infer", "bf16")), ">= 1.3x"),
-        ("best bf16 inference, ours / timm fp32", _ratio(
-            max(filter(None, [_find(infer, ours, "infer", p) for p in ("bf16", "bf16-weights")]), default=None),
-            _find(infer, timm_t, "infer", "fp32")), ">= 4x"),
-        ("training step fp32, ours / timm", _ratio(_find(train, tr_ours, "train", "fp32"),
-                                                   _find(train, tr_timm, "train", "fp32")), ">= 1.3x"),
-        ("training step bf16, ours / timm", _ratio(_find(train, tr_ours, "train", "bf16"),
-                                                   _find(train, tr_timm, "train", "bf16")), ">= 1.3x"),
+def read_history(history: Path = HISTORY) -> list[dict[str, Any]]:
+    """Every record of the history, oldest first."""
+    if not history.exists():
+        return []
+    return [json.loads(line) for line in history.read_text().splitlines() if line.strip()]
+
+
+# ---------------------------------------------------------------------------------------------- RESULTS.md
+
+
+def cpu_key(record: dict[str, Any]) -> str:
+    """The heading a record is grouped under: the CPU's name and what ATen dispatched to on it."""
+    cpu = record["cpu"]
+    return f"{cpu['name']} ({cpu.get('isa') or 'ISA not recorded'}, {cpu.get('cores', '?')} cores)"
+
+
+def _load(values: Iterable[float] | None) -> str:
+    return " / ".join(f"{v:.2f}" for v in values) if values else "not recorded"
+
+
+def render_record(record: dict[str, Any]) -> str:
+    """One run's section: what ran where, the summary against the best peers, then every result."""
+    cpu = record["cpu"]
+    versions = ", ".join(f"{k} {v}" for k, v in record.get("versions", {}).items())
+    peaks = ", ".join(f"{k} {v:.0f} GFLOP/s" for k, v in record.get("peaks_gflops", {}).items())
+    lines = [
+        f"### {record['date']}, commit {record.get('commit') or 'not recorded'}"
+        + (" (quick smoke run)" if record.get("quick") else ""), "",
+        f"- command: `{record['command']}`" + (f"; {record['minutes']} min" if record.get("minutes") else ""),
+        f"- CPU: {cpu['name']}, {cpu.get('cores', '?')} cores, ATen ISA {cpu.get('isa', '?')}, bf16 "
+        f"{cpu.get('bf16', 'not recorded')}; {record.get('threads', '?')} threads; allocator: "
+        f"{record.get('allocator', 'not recorded')}",
+        f"- load average (1/5/15 min) before: {_load(record.get('load_avg_before'))}; after: "
+        f"{_load(record.get('load_avg_after'))}",
+        f"- matmul peak (square n=4096): {peaks or 'not recorded'}",
+        f"- versions: {versions or 'not recorded'}",
     ]
+    if record.get("note"):
+        lines.append(f"- note: {record['note']}")
+    for mode, line in record.get("kernels", {}).items():
+        lines.append(f"- our kernels, {mode}: {line}")
+    for f in record.get("failures", []):
+        lines.append(f"- not measured: {f['model']} ({f['stage']}): {f['reason']}")
+    report = {"results": record["results"]}
+    lines += ["", format_summary(report), "", "<details><summary>every result</summary>", "",
+              format_table(report), "", "</details>", ""]
+    return "\n".join(lines)
 
 
-def main() -> int:
+def render(records: list[dict[str, Any]], quick: bool = False) -> str:
+    """RESULTS.md from the history: grouped by CPU (the CPU of the newest run first), newest run first; smoke
+    runs (--quick) only where `quick` is set."""
+    full = [r for r in records if quick or not r.get("quick")]
+    order = sorted(range(len(full)), key=lambda i: (full[i]["date"], i), reverse=True)
+    groups: dict[str, list[dict[str, Any]]] = {}
+    for i in order:
+        groups.setdefault(cpu_key(full[i]), []).append(full[i])
+    out = ["# Speed results", "",
+           "Generated by `python benchmarks/run_all.py` from every run recorded in "
+           "[results/history.jsonl](results/history.jsonl); edit neither by hand. Each run is one process, every "
+           "model in it under the same allocator, the same threads and the same batch, the models alternating "
+           "within each repetition; medians of the repetitions. \"ours / best peer\" compares our fastest variant "
+           "with the fastest peer variant running the same architecture in that run. Throughput is img/s; "
+           "\"first call\" is the untimed first step (allocation, oneDNN primitives, compilation); peak memory "
+           "is the tensor memory one step adds. Runs marked imported were measured by the earlier run_all "
+           "(peers eager NCHW only) and taken from the git history of benchmarks/results/.", ""]
+    for key, runs in groups.items():
+        out += [f"## {key}", ""]
+        out += [render_record(r) for r in runs]
+    return "\n".join(out).rstrip() + "\n"
+
+
+def write_results(records: list[dict[str, Any]], path: Path = RESULTS_MD, quick: bool = False) -> Path:
+    path.write_text(render(records, quick))
+    return path
+
+
+# ---------------------------------------------------------------------------------------------- main
+
+
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="tiny models and images: a smoke test of the script")
-    parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent)
+    parser.add_argument("--quick", action="store_true",
+                        help="convnext_atto at 64x64, batch 4, 1 rep: a smoke run of the script, recorded in a "
+                             "temp folder unless --out is given")
+    parser.add_argument("--out", type=Path, default=None,
+                        help="folder for results/history.jsonl and RESULTS.md (default: benchmarks/)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--reps", type=int, default=3)
-    parser.add_argument("--render-only", action="store_true", help="rewrite RESULTS.md from results/*.json")
-    args = parser.parse_args()
-    results_dir = args.out / "results"
-    results_dir.mkdir(parents=True, exist_ok=True)
-    batch, size = (4, (64, 64)) if args.quick else (32, (224, 224))
-    infer_models = [m.replace("convnext_tiny", "convnext_atto") for m in INFER_MODELS[:4]] if args.quick \
-        else INFER_MODELS
-    train_models = [m.replace("convnext_tiny", "convnext_atto") for m in TRAIN_MODELS[:2]] if args.quick \
-        else TRAIN_MODELS
+    parser.add_argument("--note", default="", help="recorded with the run (e.g. why the machine was busy)")
+    parser.add_argument("--render-only", action="store_true", help="regenerate RESULTS.md from the history")
+    args = parser.parse_args(argv)
+    # First, before any model exists: every model, ours and the peers', runs under the same tuned allocator, as
+    # in every `convnext` command (under glibc's default, each large activation is a fresh mmap: docs/speed.md).
+    tuned = tune_malloc()
+    out = args.out or (Path(tempfile.mkdtemp(prefix="convnext-bench-quick-")) if args.quick else HERE)
+    history, results_md = out / "results" / "history.jsonl", out / "RESULTS.md"
+    if args.render_only:
+        print(f"wrote {write_results(read_history(history), results_md)}")
+        return 0
+    if not tuned:
+        print("warning: malloc could not be tuned here (not glibc, another allocator preloaded, or "
+              "CONVNEXT_NO_MALLOC_TUNING): every model runs under the default allocator", file=sys.stderr)
+    model = "convnext_atto" if args.quick else MODEL
+    infer_models = [m.format(m=model) for m in (QUICK_INFER if args.quick else INFER)]
+    train_models = [m.format(m=model) for m in (QUICK_TRAIN if args.quick else TRAIN)]
+    common = dict(batch_size=4 if args.quick else 32, img_size=(64, 64) if args.quick else (224, 224),
+                  threads=args.threads, reps=1 if args.quick else args.reps, peak_size=1024 if args.quick else 4096)
+    load_before = load_averages()
+    print(f"load average before: {_load(load_before)} on {os.cpu_count()} cores")
     start = time.time()
-    common = dict(batch_size=batch, img_size=size, threads=args.threads, reps=args.reps,
-                  peak_size=1024 if args.quick else 4096)
-
-    if args.render_only:  # re-render RESULTS.md from the JSON of the last run, measuring nothing
-        infer, train = (json.loads((results_dir / f"{n}.json").read_text()) for n in ("inference", "train"))
-        plain = {n: json.loads(f.read_text()) for n in ("inference", "train")
-                 if (f := results_dir / f"{n}{PLAIN_SUFFIX}.json").exists()}
-        ort_file = results_dir / "onnxruntime.json"
-        ort = json.loads(ort_file.read_text()) if ort_file.exists() else None
-        minutes = infer["env"].get("script_minutes", "(not recorded)")
-    else:
-        # Twice, every model under the same allocator each time: glibc's default first (a plain Python process,
-        # as a timm or torchvision user has it), then tuned as every `convnext` command runs (docs/speed.md).
-        # tune_malloc cannot be undone within a process, hence this order.
-        plain = {"inference": run(infer_models, ["infer"], ["fp32", "bf16", "bf16-weights"], **common),
-                 "train": run(train_models, ["train"], ["fp32", "bf16"], **common)}
-        if not tune_malloc():
-            print("warning: malloc could not be tuned here (not glibc, or CONVNEXT_NO_MALLOC_TUNING): both runs "
-                  "use the default allocator", file=sys.stderr)
-        infer = run(infer_models, ["infer"], ["fp32", "bf16", "bf16-weights"], **common)
-        train = run(train_models, ["train"], ["fp32", "bf16"], **common)
-        ort = None
-        if importlib.util.find_spec("convnext.export") is not None:
-            ort = run([infer_models[0], infer_models[0].replace("ours:", "ort:")], ["infer"], ["fp32"], **common)
-        minutes = f"{(time.time() - start) / 60:.1f} min"
-        infer["env"]["script_minutes"] = minutes
-        reports = {"inference": infer, "train": train, "onnxruntime": ort,
-                   **{f"{name}{PLAIN_SUFFIX}": report for name, report in plain.items()}}
-        for name, report in reports.items():
-            if report is not None:
-                (results_dir / f"{name}.json").write_text(json.dumps(report, indent=1))
-                plot(report, results_dir / f"{name}.png")
-
-    ours, swin = infer_models[0], "timm:swin_tiny_patch4_window7_224"
-    tuned_claims = _claims(infer, train, infer_models, train_models)
-    plain_claims = _claims(plain["inference"], plain["train"], infer_models, train_models) if plain else None
-    claim_rows = "\n".join(f"| {c} | {plain_claims[i][1] if plain_claims else '-'} | {v} | {t} |"
-                           for i, (c, v, t) in enumerate(tuned_claims))
-    swin_rows = []
-    for precision in ("fp32", "bf16", "bf16-weights"):
-        t, s = _find(infer, ours, "infer", precision), _find(infer, swin, "infer", precision)
-        if t and s:
-            swin_rows.append(f"| this CPU, {precision} | {t:.1f} | {s:.1f} | {t / s:.2f}x |")
-    swin_rows.append(f"| paper Table 12 (A100, TF32) | {PAPER_A100['ConvNeXt-T']} | {PAPER_A100['Swin-T']} | "
-                     f"{PAPER_A100['ConvNeXt-T'] / PAPER_A100['Swin-T']:.2f}x |")
-    flops_model = "convnext_atto" if args.quick else "convnext_tiny"
-    flops = format_breakdown(stage_breakdown(build_for_counting(flops_model), SIZES), SIZES)
-    ort_section = (format_table(ort) if ort else
-                   "Not measured: `convnext.export` is not in this checkout (the `ort:` backend imports "
-                   "`convnext.export.export_onnx`).")
-    plain_section = (f"{_env_lines(plain['inference'])}\n\n{format_table(plain['inference'])}\n\n"
-                     f"{format_table(plain['train'])}" if plain else "Not measured in this run.")
-    command = "python benchmarks/run_all.py" + (" --quick" if args.quick else "")
-    md = f"""# Speed results
-
-Regenerate everything here (tables, `results/*.json`, `results/*.png`) with `{command}` (or `make bench`).
-Every number below was measured by that command in one process; nothing is copied by hand.
-
-{_env_lines(infer)}
-- wall time of the whole script: {minutes}
-{_load_warning(infer, train)}
-
-## Targets
-
-Each column is one run with every model under the same allocator: glibc's default (a plain Python process,
-as a timm or torchvision user has it), then tuned the way every `convnext` command runs (`tune_malloc`,
-docs/speed.md), which speeds up the peers' models as much as ours or more.
-
-| claim | measured, glibc default malloc | measured, tuned malloc | target |
-|---|---|---|---|
-{claim_rows}
-
-## ConvNeXt-T vs Swin-T (paper Table 12 reports +47% on an A100)
-
-| setting | ConvNeXt-T (ours) img/s | Swin-T (timm) img/s | ratio |
-|---|---|---|---|
-{chr(10).join(swin_rows)}
-
-## Inference, batch {batch} at {size[0]}x{size[1]} (tuned malloc)
-
-"vs first" is relative to the first row of each group (ours with the automatic path). `@linear` is the
-official reference computation, `@conv` 1x1 convolutions, plain `ours` the "fused" path (docs/speed.md).
-Memory is the peak tensor memory one step adds. `% matmul peak` is achieved FLOP/s over a square matmul's
-in that dtype.
-
-{format_table(infer)}
-
-![inference](results/inference.png)
-
-## Training step (forward, backward, AdamW), batch {batch} at {size[0]}x{size[1]} (tuned malloc)
-
-{_env_lines(train)}
-
-{format_table(train)}
-
-![train](results/train.png)
-
-## Under glibc's default allocator (the same models, measured first in the same process)
-
-{plain_section}
-
-## ONNX Runtime
-
-{ort_section}
-
-## GMACs and params per stage, {flops_model} (`convnext flops {flops_model} --size 224 384 1280x800 2048x512`)
-
-{flops}
-
-## Compute paths against the reference (ConvNeXt-T, random weights, gamma in [0.5, 1.5])
-
-{path_agreement(size[0])}
-"""
-    (args.out / "RESULTS.md").write_text(md)
-    print(md)
+    infer = run(infer_models, ["infer"], ["fp32", "bf16"], latency_batch=None if args.quick else 1, **common)
+    train = run(train_models, ["train"], ["fp32"] if args.quick else ["fp32", "bf16"], **common)
+    command = "python benchmarks/run_all.py" + " ".join(
+        [""] + (["--quick"] if args.quick else []) + ([f"--threads {args.threads}"] if args.threads != 2 else [])
+        + ([f"--reps {args.reps}"] if args.reps != 3 else []))
+    record = make_record(infer, train, command=command, note=args.note, quick=args.quick, load_before=load_before,
+                         load_after=load_averages(), seconds=time.time() - start)
+    append_record(record, history)
+    print(render_record(record))
+    print(f"appended to {history}; wrote {write_results(read_history(history), results_md, args.quick)}")
     return 0
 
 
