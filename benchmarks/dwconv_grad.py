@@ -1,4 +1,4 @@
-"""The depthwise convolution's weight gradient: PyTorch's (oneDNN) against ours (convnext.models.dwconv), on
+"""The depthwise convolution's weight gradient: PyTorch's (oneDNN) against ours (convnext.fast.dwconv), on
 the shapes of a ConvNeXt-T training step at batch 32 and of a 32-64-128 ConvNeXt on 28x28 images at batch
 128 (convnext_fmnist with 7x7 kernels; the default now uses 3x3, where oneDNN's own gradient is fast).
 
@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 
 from convnext.benchmark import cpu_name
-from convnext.models import dwconv
+from convnext.fast import dwconv
 
 HERE = Path(__file__).resolve().parent
 # (label, batch, channels, size, blocks in the model)
@@ -68,7 +68,7 @@ def main() -> int:
             total[1] += blocks * t_ours
         rows.append({"shape": label, "input": [n, c, s, s], "blocks": blocks, "pytorch_ms": round(t_native, 2),
                      "ours_ms": round(t_ours, 2), "speedup": round(t_native / t_ours, 2), "max_rel_err": err})
-    lines = [f"# Depthwise {k}x{k} weight gradient: PyTorch (oneDNN) vs convnext.models.dwconv", "",
+    lines = [f"# Depthwise {k}x{k} weight gradient: PyTorch (oneDNN) vs convnext.fast.dwconv", "",
              f"CPU: {cpu_name()}, {os.cpu_count()} cores, torch threads: {args.threads}; "
              f"torch {torch.__version__}; load average {os.getloadavg()[0]:.1f} at the end; "
              f"command `PYTHONPATH=src python benchmarks/dwconv_grad.py --threads {args.threads}`", "",

@@ -519,6 +519,8 @@ def measure(subjects: list[Subject], mode: str, precision: str, batch_size: int,
             start = time.perf_counter()
             st()  # the first step allocates and, for compiled models, compiles
             first[label] = time.perf_counter() - start
+            if first[label] > 5:  # compilation, conversion: say where the time goes
+                log(f"  {label}: first call {first[label]:.0f} s")
             for _ in range(warmup - 1):
                 st()
             memory[label] = peak_memory_mb(st, device) if st.subject.module is not None else None

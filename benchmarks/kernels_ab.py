@@ -1,0 +1,168 @@
+"""A/B timings behind the design choices of `convnext.fast`, each against the alternative it replaced.
+
+On ConvNeXt-T's stage-0 shapes (batch 32, 56x56 pixels, C = 96), fp32 unless said, in one process under the
+tuned allocator, the two sides of each pair alternating (median of --reps runs after 2 warm-ups, in ms):
+
+- pwconv1 forward: ATen's `F.linear` (addmm) against oneDNN's matmul (`mkldnn._linear_pointwise`), which the
+  training MLP uses (fast/mlp.py);
+- pwconv1's weight gradient: `x^T dh` against `dh^T x` (the orientation fast/mlp.py computes);
+- the depthwise 7x7 conv, forward + backward: bf16 against fp32 (why it stays fp32 under autocast, fast/block.py);
+- a frozen block (fast/block.py `FrozenBlock`): the MLP on 2048-pixel tiles against the whole tensor at once,
+  and fp32 weights packed in oneDNN's layout against plain ones.
+
+Each run is APPENDED to benchmarks/results/kernels.jsonl and benchmarks/kernels.md is regenerated from it.
+
+    PYTHONPATH=src python benchmarks/kernels_ab.py [--threads 2] [--reps 7]
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+
+from convnext import fast, tune_malloc  # noqa: E402
+from convnext.benchmark import cpu_name, load_averages  # noqa: E402
+from convnext.fast import block as fast_block  # noqa: E402
+from convnext.models.layers import Block  # noqa: E402
+
+HERE = Path(__file__).resolve().parent
+HISTORY = HERE / "results" / "kernels.jsonl"
+N, C, S = 32, 96, 56  # ConvNeXt-T stage 0 at batch 32
+
+
+def pair(a: Callable[[], object], b: Callable[[], object], reps: int) -> tuple[float, float]:
+    """Median ms of `a` and of `b`, run alternately after 2 warm-ups each."""
+    for _ in range(2):
+        a()
+        b()
+    ta, tb = [], []
+    for _ in range(reps):
+        for fn, t in ((a, ta), (b, tb)):
+            start = time.perf_counter()
+            fn()
+            t.append(time.perf_counter() - start)
+    return statistics.median(ta) * 1e3, statistics.median(tb) * 1e3
+
+
+def measure(reps: int) -> list[dict]:
+    rows = []
+
+    def add(what: str, a_label: str, b_label: str, times: tuple[float, float]) -> None:
+        rows.append({"what": what, "a": a_label, "b": b_label, "a_ms": round(times[0], 2),
+                     "b_ms": round(times[1], 2), "b_over_a": round(times[1] / times[0], 3)})
+        print(f"{what}: {a_label} {times[0]:.1f} ms, {b_label} {times[1]:.1f} ms", flush=True)
+
+    g = torch.Generator().manual_seed(0)
+    m = N * S * S
+    x = torch.randn(m, C, generator=g)
+    w1, b1 = torch.randn(4 * C, C, generator=g) * 0.1, torch.zeros(4 * C)
+    with torch.no_grad():
+        add("pwconv1 forward (M x 96 -> 384)", "F.linear (addmm)", "oneDNN _linear_pointwise",
+            pair(lambda: F.linear(x, w1, b1), lambda: torch.ops.mkldnn._linear_pointwise(x, w1, b1, "none", [], ""),
+                 reps))
+        dh = torch.randn(m, 4 * C, generator=g)
+        add("pwconv1 weight gradient (384 x 96)", "dh^T x", "(x^T dh)^T",
+            pair(lambda: dh.t().mm(x), lambda: x.t().mm(dh).t(), reps))
+
+    act = torch.randn(N, C, S, S, generator=g).contiguous(memory_format=torch.channels_last)
+    conv = torch.nn.Conv2d(C, C, 7, padding=3, groups=C)
+
+    def dw_step(dtype: torch.dtype) -> Callable[[], None]:
+        xi = act.to(dtype).requires_grad_()
+        layer = torch.nn.Conv2d(C, C, 7, padding=3, groups=C).to(dtype)
+        layer.load_state_dict(conv.state_dict())
+
+        def step() -> None:
+            layer(xi).sum().backward()
+            xi.grad = None
+            layer.zero_grad(set_to_none=True)
+
+        return step
+
+    add("depthwise 7x7 conv forward + backward (PyTorch's)", "fp32", "bf16",
+        pair(dw_step(torch.float32), dw_step(torch.bfloat16), reps))
+
+    block = Block(C, layer_scale_init_value=1.0).eval()
+    with torch.no_grad():
+        for p in block.parameters():
+            p.uniform_(-0.1, 0.1)
+    tile = fast_block.TILE_ROWS
+    frozen_tiled = fast_block.FrozenBlock(block, torch.float32)
+    try:
+        fast_block.TILE_ROWS = 1 << 30  # the whole tensor as one tile
+        frozen_whole = fast_block.FrozenBlock(block, torch.float32)
+        with torch.inference_mode():
+            whole_ms = pair(lambda: frozen_tiled(act), lambda: frozen_whole(act), reps)
+    finally:
+        fast_block.TILE_ROWS = tile
+    add("frozen block, stage 0 (fp32, packed weights)", "2048-pixel tiles", "whole tensor", whole_ms)
+    fusion = fast_block.onednn_fusion
+    try:
+        fast_block.onednn_fusion = lambda t: False  # FrozenBlock then keeps its folded weights plain
+        frozen_plain = fast_block.FrozenBlock(block, torch.float32)
+    finally:
+        fast_block.onednn_fusion = fusion
+    assert frozen_tiled.packed and not frozen_plain.packed
+    with torch.inference_mode():
+        add("frozen block, stage 0 (fp32, 2048-pixel tiles)", "packed weights", "plain weights",
+            pair(lambda: frozen_tiled(act), lambda: frozen_plain(act), reps))
+    return rows
+
+
+def render(records: list[dict]) -> str:
+    lines = ["# Kernel A/B timings (`python benchmarks/kernels_ab.py`)", "",
+             "Generated from [results/kernels.jsonl](results/kernels.jsonl), newest run first. Each pair ran "
+             "alternately in one process (median ms); ConvNeXt-T stage-0 shapes, batch 32.", ""]
+    for r in sorted(records, key=lambda r: r["date"], reverse=True):
+        lines += [f"## {r['date']}, commit {r.get('commit')}: {r['cpu']} ({r['isa']}), {r['threads']} threads", "",
+                  f"torch {r['torch']}; load average (1/5/15 min) before {r['load_avg_before']}, after "
+                  f"{r['load_avg_after']}; {r['reps']} runs per side" + (f"; note: {r['note']}" if r.get("note")
+                                                                          else ""), "",
+                  "| what | A | A ms | B | B ms | B / A |", "|---|---|---|---|---|---|"]
+        lines += [f"| {x['what']} | {x['a']} | {x['a_ms']} | {x['b']} | {x['b_ms']} | {x['b_over_a']:.2f} |"
+                  for x in r["rows"]]
+        lines.append("")
+    return "\n".join(lines)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--reps", type=int, default=7)
+    parser.add_argument("--note", default="")
+    args = parser.parse_args()
+    tune_malloc()
+    torch.set_num_threads(args.threads)
+    sys.path.insert(0, str(HERE))
+    from run_all import git_commit
+
+    before = load_averages()
+    rows = measure(args.reps)
+    record = {"date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), "commit": git_commit(),
+              "command": "PYTHONPATH=src python benchmarks/kernels_ab.py", "cpu": cpu_name(),
+              "isa": fast.capabilities().isa, "cores": os.cpu_count(), "threads": args.threads,
+              "torch": torch.__version__, "reps": args.reps, "load_avg_before": before,
+              "load_avg_after": load_averages(), "note": args.note, "rows": rows}
+    HISTORY.parent.mkdir(parents=True, exist_ok=True)
+    with open(HISTORY, "a") as f:
+        f.write(json.dumps(record) + "\n")
+    records = [json.loads(line) for line in HISTORY.read_text().splitlines() if line.strip()]
+    (HERE / "kernels.md").write_text(render(records))
+    print(f"appended to {HISTORY}; wrote {HERE / 'kernels.md'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
