@@ -20,8 +20,10 @@ _BACKBONE_NORM = re.compile(r"norm(\d+)\.")
 def infer_config(state_dict: Mapping[str, torch.Tensor]) -> dict[str, Any]:
     """The `create_model` arguments an official-layout state dict was made with: {"model": name, ...}.
 
-    The name is the registered model with the same depths and widths; the stem, kernel, layer scale and
-    class count come from the tensor shapes, so the config rebuilds any variant the file holds.
+    The name is the registered model with the same depths and widths and block kind (V1, or V2 when the file
+    has GRN parameters); the stem, kernel, layer scale and class count come from the tensor shapes, so the
+    config rebuilds any variant the file holds. An encoder without final norm and head (FCMAE pretraining
+    weights) gives num_classes 0.
     """
     sd = state_dict
     if "stem.weight" in sd:  # isotropic
@@ -35,19 +37,18 @@ def infer_config(state_dict: Mapping[str, torch.Tensor]) -> dict[str, Any]:
         depths = [1 + max((int(k.split(".")[2]) for k in sd if k.startswith(f"stages.{i}.")), default=-1)
                   for i in range(n_stages)]
         dims = [sd[f"stages.{i}.0.dwconv.weight"].shape[0] for i in range(n_stages)]
-        arch = {"depths": depths, "dims": dims}
+        arch = {"depths": depths, "dims": dims, "use_grn": "stages.0.0.grn.gamma" in sd}
         _, in_chans, patch, _ = sd["downsample_layers.0.0.weight"].shape
         cfg = {"in_chans": in_chans, "patch_size": patch, "kernel_size": sd["stages.0.0.dwconv.weight"].shape[-1]}
         has_gamma = "stages.0.0.gamma" in sd
     else:
         raise CheckpointError(f"Not an official-layout ConvNeXt state dict (first keys {list(sd)[:5]}).")
-    name = next((n for n, s in MODELS.items() if {k: list(v) if isinstance(v, tuple) else v
-                                                    for k, v in s.kwargs.items() if k in arch} == arch), None)
+    name = next((n for n, s in MODELS.items() if _spec_arch(s.kwargs, arch) == arch), None)
     layer_scale = 1e-6 if has_gamma else 0.0
     if name is None:
-        name = "convnext_iso_small" if "depth" in arch else "convnext_tiny"
-        cfg.update(arch)
-    if MODELS[name].kwargs.get("layer_scale_init_value", 1e-6) != layer_scale:
+        name = "convnext_iso_small" if "depth" in arch else "convnextv2_tiny" if arch["use_grn"] else "convnext_tiny"
+        cfg.update({k: v for k, v in arch.items() if k != "use_grn"})
+    if not arch.get("use_grn") and MODELS[name].kwargs.get("layer_scale_init_value", 1e-6) != layer_scale:
         cfg["layer_scale_init_value"] = layer_scale
     backbone = sorted(int(m.group(1)) for k in sd if (m := _BACKBONE_NORM.match(k)) and k.endswith(".weight"))
     if backbone:
@@ -58,6 +59,14 @@ def infer_config(state_dict: Mapping[str, torch.Tensor]) -> dict[str, Any]:
     defaults = {k: p.default for k, p in inspect.signature(MODELS[name].cls).parameters.items()}
     return {"model": name, **{k: v for k, v in cfg.items() if k == "num_classes" or defaults.get(k, v) != v
                               or k in ("layer_scale_init_value", "features_only", "out_indices")}}
+
+
+def _spec_arch(kwargs: Mapping[str, Any], arch: Mapping[str, Any]) -> dict[str, Any]:
+    """A registered model's values of the `arch` keys, as infer_config compares them."""
+    out = {k: list(v) if isinstance(v, tuple) else v for k, v in kwargs.items() if k in arch}
+    if "use_grn" in arch:
+        out["use_grn"] = bool(kwargs.get("use_grn", False))
+    return out
 
 
 def load_checked(model: nn.Module, state_dict: Mapping[str, torch.Tensor], *, source: str = "the checkpoint",
@@ -113,7 +122,8 @@ def _likely_cause(model: nn.Module, sd: Mapping[str, torch.Tensor], missing: lis
     except CheckpointError:
         return "this is not a ConvNeXt state dict in the official layout."
     model_arch = _arch(model)
-    file_arch = {k: file_cfg.get(k, MODELS[file_cfg["model"]].kwargs.get(k)) for k in model_arch}
+    file_arch = {k: file_cfg.get(k, MODELS[file_cfg["model"]].kwargs.get(k, False if k == "use_grn" else None))
+                 for k in model_arch}
     file_arch = {k: list(v) if isinstance(v, tuple) else v for k, v in file_arch.items()}
     if file_arch != model_arch:
         return (f"a different model: the file looks like {file_cfg['model']} ({_fmt(file_arch)}), the model has "
@@ -124,11 +134,12 @@ def _likely_cause(model: nn.Module, sd: Mapping[str, torch.Tensor], missing: lis
 
 def _arch(model: nn.Module) -> dict[str, Any]:
     if isinstance(model, ConvNeXt):
-        return {"depths": list(model.depths), "dims": list(model.dims)}
+        return {"depths": list(model.depths), "dims": list(model.dims), "use_grn": model.use_grn}
     if isinstance(model, ConvNeXtIsotropic):
         return {"depth": len(model.blocks), "dim": model.num_features}
     return {}
 
 
 def _fmt(arch: dict[str, Any]) -> str:
-    return ", ".join(f"{k} {tuple(v) if isinstance(v, list) else v}" for k, v in arch.items())
+    text = ", ".join(f"{k} {tuple(v) if isinstance(v, list) else v}" for k, v in arch.items() if k != "use_grn")
+    return text + (", ConvNeXt V2 (GRN) blocks" if arch.get("use_grn") else "")
