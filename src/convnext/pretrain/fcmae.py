@@ -10,8 +10,9 @@ the stem output and every downsampling output are zeroed at masked positions, ev
 before the depthwise convolution and the convolution's output after it, and GRN takes its statistics over
 visible positions only (`BlockV2(x, visible)`). The mask patches are as large as the encoder's total stride
 (32 pixels for the paper's models), so the patchify stem and the 2x2 downsampling never mix a visible and a
-masked patch either: nothing flows from masked to visible positions (tests/test_fcmae.py changes the masked
-pixels and checks that the encoder's visible outputs stay bit for bit the same).
+masked patch either. Nothing flows from masked to visible positions: tests/test_fcmae.py changes the masked
+pixels and checks that the encoder's visible outputs stay bit for bit the same, and checks that the visible
+outputs are what the sparse encoder computes (the encoder run on the visible patches alone, zero-padded).
 
 Two documented departures from the official PyTorch code: GRN's statistics are per sample, as in the dense
 model and the JAX code (the sparse GRN pools all samples of the batch, facebookresearch/ConvNeXt-V2#86); and the
