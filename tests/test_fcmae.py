@@ -11,6 +11,9 @@ from checkpoint_helpers import randomize
 from convnext.models import GRN, BlockV2
 from convnext.pretrain import FCMAE, build_fcmae, fcmae_loss
 
+# tiny models: one thread avoids OpenMP oversubscription on the shared test machine (conftest.one_thread)
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 SMALL = {"depths": (2, 2, 2, 2), "dims": (16, 32, 48, 64)}
 
 

@@ -25,6 +25,9 @@ from convnext.checkpoints import (
 from convnext.checkpoints.pretrained import RELEASES, URL_ENV, Release, find_release, release_url
 from convnext.pretrain import build_fcmae, encoder_state_dict
 
+# small models: one thread avoids OpenMP oversubscription on the shared test machine (conftest.one_thread)
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 TOL = 1e-4
 SMALL = {"depths": (1, 1, 2, 1), "dims": (16, 32, 48, 64)}
 

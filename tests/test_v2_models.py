@@ -9,6 +9,9 @@ from checkpoint_helpers import randomize
 from convnext.flops import count_macs, count_params
 from convnext.models import GRN, BlockV2, list_models
 
+# small models: one thread avoids OpenMP oversubscription on the shared test machine (conftest.one_thread)
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 # The official README (facebookresearch/ConvNeXt-V2 at 2553895) exactly as printed: params, FLOPs at 224 (its
 # ImageNet-1K table) and at 384/512 (its ImageNet-22K table, where given).
 README = {
