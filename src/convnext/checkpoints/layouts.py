@@ -77,7 +77,7 @@ RULES["hf_v2"] = [(a, b.replace("convnext.", "convnextv2.", 1)) for a, b in RULE
     (GRN_GAMMA, "convnextv2.encoder.stages.{i}.layers.{j}.grn.weight"),
     (GRN_BETA, "convnextv2.encoder.stages.{i}.layers.{j}.grn.bias"),
 ]
-# The FCMAE pretraining model's parts outside its encoder, and the official keys it has no equivalent for.
+# The FCMAE pretraining model's parts outside its encoder (its decoder), dropped when reading one
 FCMAE_DECODER = ("mask_token", "proj.", "decoder.", "pred.")
 
 # placeholder -> (logical field, encode official value, decode foreign value or None when it cannot be one)
@@ -141,8 +141,7 @@ def detect_layout(keys: Mapping[str, object] | list[str]) -> str:
         return "official"
     raise CheckpointError(
         "Cannot tell which ConvNeXt layout this state dict is in (official, timm, torchvision, HF transformers or "
-        "FCMAE); "
-        f"its first keys are {keys[:5]}. Is it a ConvNeXt checkpoint? A training checkpoint may keep the "
+        f"FCMAE); its first keys are {keys[:5]}. Is it a ConvNeXt checkpoint? A training checkpoint may keep the "
         "weights under another key: pass key=... (CLI: --key)."
     )
 
@@ -153,7 +152,8 @@ def to_official(state_dict: Mapping[str, torch.Tensor], layout: str | None = Non
     _check_layout(layout)
     rules = layout
     if layout == "official":
-        # GRN parameters as (1, 1, 1, 4C) whatever shape a file gives them ((4C,) or (1, 4C) seen in the wild)
+        # GRN parameters as (1, 1, 1, 4C) whatever shape a file gives them: the released pt_only FCMAE encoders'
+        # is not documented (users report their other keys), and a remapped sparse one would give (1, 4C)
         return {k: _from_foreign(GRN_GAMMA, v) if k.endswith((".grn.gamma", ".grn.beta")) else v
                 for k, v in state_dict.items()}
     if layout == "hf":
