@@ -430,3 +430,14 @@ def test_compiled_models_share_no_inductor_cache_across_instruction_sets(tmp_pat
     assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith("isa-")) == [
         "isa-avx2", f"isa-{torch.backends.cpu.get_cpu_capability().lower()}"] or \
         torch.backends.cpu.get_cpu_capability() == "AVX2"
+
+
+def test_freezing_a_v2_model_runs_its_blocks_fast():
+    ref = convnext.create_model("convnextv2_atto", depths=(1, 1, 1, 1), dims=(16, 32, 48, 64), num_classes=10,
+                                optimize=False).eval()
+    frozen = convnext.freeze(ref)
+    assert all(type(b) is fast.FastBlockV2 for s in frozen.stages for b in s)
+    assert all(type(b) is not fast.FastBlockV2 for s in ref.stages for b in s)  # the model itself is untouched
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        assert_as_accurate(frozen(x), ref(x), as_float64(ref)(x.double()), "frozen V2")

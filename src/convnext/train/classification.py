@@ -17,7 +17,6 @@ import torch
 from torch import nn
 
 from ..api import create_model
-from ..checkpoints.io import load_checkpoint
 from ..data.datasets import (
     DataError,
     SeededDataset,
@@ -164,23 +163,14 @@ class ClassificationTask(Task):
 
 
 def build_model(cfg: Config, num_classes: int, in_chans: int) -> nn.Module:
-    """The recipe's model, optimized; from `model.init` when fine-tuning (a training checkpoint or weights in any
-    layout; the head is re-initialised with `head_init_scale` when the number of classes differs)."""
+    """The recipe's model, optimized; from `model.init` when fine-tuning: a training checkpoint, an FCMAE
+    encoder, a release tag or weights in any layout (the head is re-initialised with `head_init_scale` when the
+    number of classes differs)."""
     m = cfg.model
     kwargs: dict[str, Any] = dict(num_classes=m.num_classes or num_classes, in_chans=m.in_chans or in_chans,
                                   drop_path_rate=m.drop_path_rate, head_init_scale=m.head_init_scale, **m.kwargs)
     if m.layer_scale_init_value is not None:
         kwargs["layer_scale_init_value"] = m.layer_scale_init_value
-    if m.init and Path(m.init).suffix == ".pt":
-        model = create_model(m.name, **kwargs)
-        state = load_checkpoint(m.init)["model"]
-        own = model.state_dict()
-        for k in [k for k in state if k.startswith("head.") and k in own and state[k].shape != own[k].shape]:
-            del state[k]  # a new task: keep the fresh head, as create_model(pretrained=...) does
-        missing, unexpected = model.load_state_dict(state, strict=False)
-        if unexpected or [k for k in missing if not k.startswith("head.")]:
-            raise ValueError(f"{m.init} does not fit {m.name}: missing {missing[:5]}, unexpected {unexpected[:5]}")
-        return model
     return create_model(m.name, pretrained=m.init or False, **kwargs)
 
 
