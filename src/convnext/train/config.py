@@ -41,9 +41,9 @@ class ModelConfig:
 class DataConfig:
     """Where the images come from and how they are augmented."""
 
-    dataset: str = "imagefolder"  # "imagefolder" (root/train, root/val) or "fashion_mnist"
+    dataset: str = "imagefolder"  # "imagefolder" (root/train, root/val), "fashion_mnist", "wds" (tar shards), "hf"
     root: str = ""
-    train_split: str = "train"
+    train_split: str = "train"  # wds: also a shard pattern, e.g. "train-{000000..001023}.tar"
     val_split: str = "val"
     input_size: int = 224
     crop_pct: float | None = None  # eval crop; None: the paper's (0.875 below 384, squash at >= 384)
@@ -127,7 +127,7 @@ class Config:
 
 SECTIONS = {"model": ModelConfig, "data": DataConfig, "optim": OptimConfig, "run": RunConfig}
 CHOICES = {
-    ("data", "dataset"): ("imagefolder", "fashion_mnist"),
+    ("data", "dataset"): ("imagefolder", "fashion_mnist", "wds", "hf"),
     ("data", "bad_images"): ("skip", "stop"),
     ("run", "device"): ("auto", "cpu", "cuda"),
     ("run", "amp"): ("auto", "bf16", "fp16", "none"),
