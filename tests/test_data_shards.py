@@ -84,6 +84,13 @@ def test_writer_keeps_the_standard_layout_and_the_folders_samples(photos, shards
         xb, yb, _ = b[(i, 1000 + i)]
         assert ya == yb and torch.equal(xa, xb), i
     assert torch.equal(folder[1][7][0], sharded[1][7][0])
+    # `convnext shard --index` (re)indexes existing shards in place.
+    from convnext.cli import build_parser, shard
+
+    (shards / "val-000001.tar.idx.json").unlink()
+    argv = ["shard", "--index", str(shards / "val-{000000..000001}.tar")]
+    assert shard.main(build_parser(argv).parse_args(argv)) == 0
+    assert json.loads((shards / "val-000001.tar.idx.json").read_text())["labels"] == [2] * 5
     # The default shuffled order holds the same samples, mixed across shards (what streaming readers need).
     write_shards(photos, tmp_path, splits=("train",), max_count=10, workers=2, log=lambda s: None)
     mixed = ShardDataset(resolve_shards("train", tmp_path))
