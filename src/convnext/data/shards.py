@@ -21,10 +21,12 @@ import glob as globlib
 import hashlib
 import io
 import json
+import logging
 import os
 import tarfile
 import zlib
 from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -32,6 +34,7 @@ import torch
 
 from .datasets import DataError, decode_image
 
+log = logging.getLogger(__name__)
 IMAGE_EXTS = ("jpg", "jpeg", "png", "webp")
 INDEX_FORMAT = "convnext-shard-index/1"
 MANIFEST_FORMAT = "convnext-shards/1"
@@ -137,6 +140,7 @@ def shard_index(shard: str | os.PathLike, rebuild: bool = False) -> dict:
                 continue
             if all(index.get(k) == v for k, v in stamp.items()):
                 return index
+    log.info(f"indexing {shard} (once: the index is cached)")
     index = {**stamp, **_scan(shard)}
     for p in candidates:  # beside the shard if its folder is writable, else in the user's cache
         try:
@@ -222,7 +226,9 @@ class ShardDataset(torch.utils.data.Dataset):
                  bad_images: str = "skip", classes: Sequence[str] | None = None, name: str = "train") -> None:
         self.shards = [str(p) for p in shards]
         self.transform, self.bad_images, self.name = transform, bad_images, name
-        indexes = [shard_index(p) for p in self.shards]
+        # threads: on network storage, indexing the shards not yet indexed waits on I/O more than on Python
+        with ThreadPoolExecutor(min(16, len(self.shards))) as pool:
+            indexes = list(pool.map(shard_index, self.shards))
         _check_manifests(self.shards, indexes)
         counts = [len(ix["keys"]) for ix in indexes]
         # numpy arrays, not lists of Python objects: loader workers share them without copy-on-write growth
