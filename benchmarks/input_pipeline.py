@@ -264,8 +264,9 @@ def main() -> int:
     record["load_avg_1m_end"], record["wall_s"] = env_load(), round(time.time() - t0, 1)
     with open(RECORD, "a") as f:
         f.write(json.dumps(record) + "\n")
-    SUMMARY.write_text(summary(record))
-    print(summary(record))
+    text = summary(record) + history([json.loads(line) for line in RECORD.read_text().splitlines() if line])
+    SUMMARY.write_text(text)
+    print(text)
     return 0
 
 
@@ -317,6 +318,21 @@ def summary(r: dict) -> str:
         lines += [f"| {k} | {v:.1f} | {max(1, math.ceil(v / per_worker))} |" for k, v in r["model_train_img_s"].items()]
         lines += ["", "Workers scale with cores only while there are idle cores: a GPU training at N img/s needs "
                   "N / (img/s per worker) cores beside the one feeding the GPU."]
+    return "\n".join(lines) + "\n"
+
+
+def history(records: list[dict]) -> str:
+    """Every record's headline numbers, so that a run on a loaded machine is read beside the quieter ones."""
+    lines = ["", "## All records (benchmarks/input_pipeline.jsonl)", "",
+             "| date | CPU | load 1 min start / end | shards by index, img/s with 1 / 2 / ... workers | "
+             "folder, 1 worker | ConvNeXt-T train fp32 img/s |", "|---|---|---|---|---|---|"]
+    for r in records:
+        pw = r["pipeline_img_s_by_workers"]
+        ws = sorted(pw, key=int)
+        model = next((f"{v:.1f}" for k, v in r.get("model_train_img_s", {}).items() if "fp32" in k), "-")
+        by_workers = " / ".join(f"{pw[w]['shards_by_index']:.0f}" for w in ws)
+        lines.append(f"| {r['date']} | {r['cpu']} ({r['cpu_count']}) | {r['load_avg_1m_start']:.2f} / "
+                     f"{r['load_avg_1m_end']:.2f} | {by_workers} | {pw[ws[0]]['folder']:.0f} | {model} |")
     return "\n".join(lines) + "\n"
 
 
