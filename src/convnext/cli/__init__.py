@@ -26,6 +26,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "roadmap": ("roadmap", "the ResNet-50 -> ConvNeXt-T roadmap: table, figure, small-scale sweep"),
     "robustness": ("robustness", "ImageNet-C mCE and ImageNet-A/R/Sketch protocols"),
     "corrupt": ("corrupt", "write the 15 ImageNet-C corruptions x 5 severities of a data set"),
+    "shard": ("shard", "write an image folder or Fashion-MNIST as WebDataset tar shards (or index shards)"),
     "train-detection": ("detection", "(Cascade) Mask R-CNN on ConvNeXt, COCO format"),
     "train-segmentation": ("segmentation", "UperNet on ConvNeXt, ADE20K format"),
 }

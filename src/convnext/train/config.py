@@ -41,9 +41,9 @@ class ModelConfig:
 class DataConfig:
     """Where the images come from and how they are augmented."""
 
-    dataset: str = "imagefolder"  # "imagefolder" (root/train, root/val) or "fashion_mnist"
+    dataset: str = "imagefolder"  # "imagefolder" (root/train, root/val), "fashion_mnist", "wds" (tar shards), "hf"
     root: str = ""
-    train_split: str = "train"
+    train_split: str = "train"  # wds: also a shard pattern, e.g. "train-{000000..001023}.tar"
     val_split: str = "val"  # image folder: a sub-folder; Fashion-MNIST: "val" (held out of train), "test", "train"
     test_split: str | None = None  # image folder: a sub-folder evaluated once at the end (Fashion-MNIST: its test set)
     val_size: int = 5000  # Fashion-MNIST: training images held out for validation (500 per class; 0: none)
@@ -129,7 +129,7 @@ class Config:
 
 SECTIONS = {"model": ModelConfig, "data": DataConfig, "optim": OptimConfig, "run": RunConfig}
 CHOICES = {
-    ("data", "dataset"): ("imagefolder", "fashion_mnist"),
+    ("data", "dataset"): ("imagefolder", "fashion_mnist", "wds", "hf"),
     ("data", "bad_images"): ("skip", "stop"),
     ("run", "device"): ("auto", "cpu", "cuda"),
     ("run", "amp"): ("auto", "bf16", "fp16", "none"),
