@@ -139,3 +139,60 @@ def test_loss_trains_and_pads_28_pixel_images():
         losses.append(loss.item())
     assert all(p.grad is not None for p in model.parameters())
     assert losses[-1] < 0.5 * losses[0], losses
+
+
+# `convnext pretrain`'s recipe, tiny: 192 Fashion-MNIST images, batch 32 (6 steps per epoch)
+PRETRAIN = ["model.kwargs.dims=[8,16,32]", "model.kwargs.depths=[1,1,1]", "fcmae.decoder_embed_dim=16",
+            "data.limit_train=192", "data.limit_val=64", "optim.batch_size=32", "optim.reference_batch=32",
+            "optim.epochs=2", "optim.warmup_epochs=0.5", "run.progress=false", "run.tensorboard=false",
+            "run.threads=1", "data.num_workers=0", "run.amp=none", "run.ckpt_every_steps=1"]
+
+
+class _Crash(Exception):
+    pass
+
+
+def test_pretrain_resumes_exactly_and_its_checkpoint_fine_tunes(tmp_path, capsys):
+    from convnext.cli import main
+    from convnext.pretrain.task import pretrain
+    from convnext.train import load_config, train
+    from convnext.train.state import CheckpointManager
+
+    def cfg(name, *extra):
+        return load_config("fcmae_fashion_mnist", [*PRETRAIN, f"run.out_dir={tmp_path}", f"run.name={name}", *extra])
+
+    full = pretrain(cfg("full"))
+    assert full["steps"] == 12 and full["final"]["val_loss"] > 0 and (tmp_path / "full" / "loss.png").exists()
+
+    def crash_after_7(state):
+        if state.global_step == 7:
+            raise _Crash
+
+    with pytest.raises(_Crash):  # a crash mid-epoch, right after step 7's checkpoint
+        pretrain(cfg("crashed"), callbacks=[crash_after_7])
+    resumed = pretrain(cfg("crashed", "run.resume=auto"))
+    a, b = (torch.load(CheckpointManager(tmp_path / n).latest(), weights_only=True) for n in ("full", "crashed"))
+    assert resumed["final"] == full["final"]  # the same masks and images after resuming: the same numbers
+    assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
+    assert a["task"] == "fcmae" and a["model_config"]["num_classes"] == 0
+
+    # fine-tuning: the encoder from the pretraining checkpoint, a fresh norm and head
+    last = CheckpointManager(tmp_path / "full").latest()
+    with pytest.warns(UserWarning, match="norm and head"):
+        start = convnext.create_model("convnextv2_fmnist", pretrained=str(last), num_classes=10)
+    assert torch.equal(start.state_dict()["stages.2.0.grn.gamma"], a["model"]["encoder.stages.2.0.grn.gamma"])
+    ft = load_config("fcmae_ft_fashion_mnist", [
+        "model.kwargs.dims=[8,16,32]", "model.kwargs.depths=[1,1,1]", f"model.init={last}", "data.limit_train=128",
+        "data.limit_val=64", "optim.batch_size=32", "optim.epochs=1", "run.progress=false", "run.threads=1",
+        "data.num_workers=0", f"run.out_dir={tmp_path}", "run.name=ft", "run.tensorboard=false", "run.plots=false"])
+    with pytest.warns(UserWarning, match="norm and head"):
+        result = train(ft, callbacks=[lambda state: None])
+    assert result.steps == 4
+    tuned = torch.load(tmp_path / "ft" / "best.pt", weights_only=True)["model"]
+    assert not torch.equal(tuned["stages.0.0.pwconv1.weight"], a["model"]["encoder.stages.0.0.pwconv1.weight"])
+
+    # the command: a classification recipe is refused with the command to use, and the other way round
+    assert main(["pretrain", "--recipe", "fashion_mnist", "--print-config"]) == 2
+    assert "run it with `convnext train" in capsys.readouterr().err
+    assert main(["train", "--recipe", "fcmae_fashion_mnist", "--print-config"]) == 2
+    assert "run it with `convnext pretrain" in capsys.readouterr().err

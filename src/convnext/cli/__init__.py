@@ -17,6 +17,7 @@ from ..malloc import tune_malloc
 COMMANDS: dict[str, tuple[str, str]] = {
     "models": ("models", "list every model with params and GMACs beside the paper's"),
     "train": ("train", "train with a recipe (default: a small ConvNeXt on Fashion-MNIST)"),
+    "pretrain": ("pretrain", "ConvNeXt V2's FCMAE masked pretraining with a recipe (default: on Fashion-MNIST)"),
     "eval": ("eval", "top-1/top-5 of a checkpoint on a data set"),
     "predict": ("predict", "top-k classes of images"),
     "convert": ("convert", "convert a checkpoint between layouts (official/timm/torchvision/hf/ours)"),

@@ -90,7 +90,8 @@ def train_transform(data_cfg) -> Callable:
     c = data_cfg
     transform = create_transform(c.input_size, is_training=True, auto_augment=c.auto_augment or None,
                                  interpolation=c.interpolation, re_prob=c.reprob, re_mode=c.remode,
-                                 color_jitter=c.color_jitter, hflip=c.hflip)
+                                 color_jitter=c.color_jitter, hflip=c.hflip,
+                                 **({"scale": tuple(c.scale)} if c.scale else {}))
     for t in getattr(transform, "transforms", []):
         for op in [*getattr(t, "ops", []), *(o for sub in getattr(t, "policy", []) for o in sub)]:
             if getattr(op, "name", "").startswith("Posterize"):
