@@ -441,3 +441,13 @@ def test_freezing_a_v2_model_runs_its_blocks_fast():
     x = torch.randn(2, 3, 64, 64)
     with torch.no_grad():
         assert_as_accurate(frozen(x), ref(x), as_float64(ref)(x.double()), "frozen V2")
+
+
+def test_the_probe_runs_right_whatever_context_first_asks():
+    # the first call may come from inside autocast (a bf16 training step): a fresh process, probed there
+    fresh = subprocess.run([sys.executable, "-c", "import torch\nfrom convnext.fast import capabilities\n"
+                            "with torch.autocast('cpu', dtype=torch.bfloat16), torch.enable_grad():\n"
+                            "    c = capabilities()\nprint(sorted(str(d) for d in c.onednn_linear))"],
+                           capture_output=True, text=True, env=cli_env(), timeout=120)
+    assert fresh.returncode == 0, fresh.stderr[-1500:]
+    assert fresh.stdout.strip() == str(sorted(str(d) for d in capabilities().onednn_linear))
