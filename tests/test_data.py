@@ -138,3 +138,20 @@ def test_fashion_mnist_validation_split_is_fixed_balanced_and_held_out():
     cfg.val_size = 4321
     with pytest.raises(DataError, match="multiple of 10"):
         fashion_mnist_split(cfg, "val")
+
+
+def test_randaugment_posterize_at_full_magnitude_gives_black_instead_of_raising():
+    # Pillow 13 rejects posterize(bits=0), which timm's PosterizeIncreasing asks for at magnitude 10 (drawn for
+    # ~1 image in 600 under the paper's rand-m9-mstd0.5-inc1): the op must give the black image old Pillow gave.
+    from timm.data.auto_augment import RandAugment
+
+    from convnext.data.transforms import train_transform
+
+    cfg = load_config("in1k_tiny", ["data.root=/nonexistent"]).data
+    ra = next(t for t in train_transform(cfg).transforms if isinstance(t, RandAugment))
+    op = next(o for o in ra.ops if o.name == "PosterizeIncreasing")
+    op.prob, op.magnitude, op.magnitude_std = 1.0, 10, 0
+    img = Image.fromarray(np.full((8, 8, 3), 200, np.uint8))
+    assert np.asarray(op(img)).max() == 0
+    op.magnitude = 5  # 2 bits kept: 200 -> 192
+    assert np.asarray(op(img)).max() == 192

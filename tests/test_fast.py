@@ -7,7 +7,6 @@ this machine's probe says it serves.
 
 import copy
 import io
-import os
 import subprocess
 import sys
 
@@ -16,6 +15,7 @@ import torch
 from PIL import Image
 
 import convnext
+from conftest import cli_env
 from convnext import fast
 from convnext.data.transforms import eval_transform
 from convnext.fast import block as fast_block
@@ -40,13 +40,20 @@ def _perturb(model: torch.nn.Module) -> torch.nn.Module:
         for name, p in model.named_parameters():
             if name.endswith("gamma") or (".norm" in name and name.endswith("weight")):
                 p.copy_(torch.rand(p.shape, generator=g) + 0.5)
-            elif name.endswith("bias"):
+            elif name.endswith(("bias", "beta")):  # beta: V2's GRN
                 p.copy_(torch.randn(p.shape, generator=g) * 0.1)
     return model
 
 
+V2 = {
+    "v2": dict(name="convnextv2_atto", depths=(1, 1, 2, 1), dims=(16, 32, 48, 64), num_classes=10),
+    "v2_backbone": dict(name="convnextv2_atto", depths=(1, 1, 2, 1), dims=(16, 32, 48, 64), features_only=True),
+}
+SMALL_AND_V2 = {**SMALL, **V2}
+
+
 def _reference(kind: str, **overrides) -> torch.nn.Module:
-    kwargs = {**SMALL[kind], **overrides}
+    kwargs = {**SMALL_AND_V2[kind], **overrides}
     return _perturb(convnext.create_model(kwargs.pop("name"), optimize=False, **kwargs))
 
 
@@ -128,6 +135,91 @@ def test_training_gradients_as_accurate_as_the_reference(kind, drop_path, monkey
     for name, a, b, c in zip(names, g_fast, g_ref, g_exact, strict=True):
         assert_as_accurate(a, b, c, f"gradient of {name}")
     assert bool(mlp_calls) == capabilities().linear_kernels(torch.float32)
+
+
+@pytest.mark.parametrize("kind", list(V2))
+def test_v2_inference_as_accurate_as_the_reference(kind, monkeypatch):
+    ref = _reference(kind).eval()
+    exact_model = as_float64(ref)
+    model = convnext.optimize(copy.deepcopy(ref))
+    assert all(isinstance(b, fast_block.FastBlockV2) for s in model.stages for b in s)
+    fused = []
+
+    class Spy:  # oneDNN's fused Linear, counted by its post-op ("gelu"), with its other overloads left as they are
+        def __init__(self, real):
+            self.real, self.binary = real, real.binary
+
+        def __call__(self, *args):
+            fused.append(args[3])
+            return self.real(*args)
+
+    monkeypatch.setattr(torch.ops.mkldnn, "_linear_pointwise", Spy(torch.ops.mkldnn._linear_pointwise))
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        exact = exact_model(x.double())
+        expected = ref(x)
+        assert_as_accurate(model(x), expected, exact, "no_grad")
+        assert_as_accurate(convnext.freeze(ref)(x), expected, exact, "frozen")
+    with torch.inference_mode():
+        assert_as_accurate(model(x), expected, exact, "inference_mode")
+    assert_as_accurate(model(x), expected, exact, "grad enabled")
+    # the fused Linear+GELU ran in every block wherever the probe found it working
+    assert (fused.count("gelu") >= 2 * 5) == capabilities().linear_kernels(torch.float32)
+
+
+@pytest.mark.parametrize("kind", list(V2))
+@pytest.mark.parametrize("drop_path", [0.0, 0.5])
+def test_v2_training_gradients_as_accurate_as_the_reference(kind, drop_path, monkeypatch):
+    from convnext.fast import dwconv
+
+    ref = _reference(kind, drop_path_rate=drop_path).train()
+    exact_model = as_float64(ref)
+    model = convnext.optimize(copy.deepcopy(ref))
+    calls = {"mlp": 0, "dw": 0}
+    real_mlp, real_dw = fast_block._GRNMLP.apply, dwconv._DepthwiseConv.apply
+    monkeypatch.setattr(fast_block._GRNMLP, "apply", lambda *a: calls.__setitem__("mlp", calls["mlp"] + 1)
+                        or real_mlp(*a))
+    monkeypatch.setattr(dwconv._DepthwiseConv, "apply", lambda *a: calls.__setitem__("dw", calls["dw"] + 1)
+                        or real_dw(*a))
+    x = torch.randn(4, 3, 64, 64)
+    results = []
+    for m, inp in ((ref, x), (model, x), (exact_model, x.double())):
+        torch.manual_seed(3)  # the same drop-path draws
+        y = m(inp)
+        weighted_sum(y).backward()
+        results.append((outputs(y), grads(m)))
+    (y_ref, g_ref), (y_fast, g_fast), (y_exact, g_exact) = results
+    assert_as_accurate(y_fast, y_ref, y_exact, "outputs")
+    names = [n for n, _ in ref.named_parameters()]
+    for name, a, b, c in zip(names, g_fast, g_ref, g_exact, strict=True):
+        assert_as_accurate(a, b, c, f"gradient of {name}")
+    assert (calls["mlp"] == 5) == capabilities().linear_kernels(torch.float32)
+    assert (calls["dw"] == 5) == dwconv.kernel_status().startswith("compiled")
+
+
+def test_v2_bf16_autocast_as_accurate_as_the_reference_under_bf16():
+    # inference and training under bf16 autocast: GRN's statistics in fp32, the rest as the reference's autocast
+    ref = _reference("v2")
+    x = _real_batch()
+    fast_model = convnext.optimize(copy.deepcopy(ref))
+    with torch.inference_mode():
+        exact = as_float64(ref.eval())(x.double())
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            ref_bf16, got = ref(x).float(), fast_model.eval()(x).float()
+    assert normwise_error(ref_bf16, exact) > 1e-3  # bf16 really ran
+    assert torch.isfinite(got).all()
+    assert_as_accurate(got, ref_bf16, exact, "v2 bf16 autocast inference", factor=3.0)
+    runs = {"ref": copy.deepcopy(ref), "fast": convnext.optimize(copy.deepcopy(ref)), "exact": as_float64(ref)}
+    x = x[:4]
+    for name, m in runs.items():
+        m.train()
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=name != "exact"):
+            y = m(x.double() if name == "exact" else x)
+        weighted_sum(y).backward()
+    got, ref_grads = (torch.cat([g.flatten() for g in grads(runs[n])]) for n in ("fast", "ref"))
+    exact = torch.cat([g.flatten() for g in grads(runs["exact"])])
+    assert normwise_error(ref_grads, exact) > 1e-3
+    assert_as_accurate(got, ref_grads, exact, "v2 bf16 gradients", factor=3.0)
 
 
 def test_training_uses_the_compiled_depthwise_gradient(monkeypatch):
@@ -292,13 +384,22 @@ with torch.autocast("cpu", dtype=torch.bfloat16):
     loss = model(x).float().logsumexp(1).mean()
 loss.backward()
 assert all(torch.isfinite(t).all() for t in (a, b, loss)), "non-finite"
+v2 = convnext.create_model("convnextv2_atto", depths=(1, 1, 1, 1), dims=(16, 32, 48, 64), num_classes=10)
+with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
+    c = v2.eval()(x)
+v2.train()
+with torch.autocast("cpu", dtype=torch.bfloat16):
+    loss = v2(x).float().logsumexp(1).mean()
+loss.backward()
+assert all(torch.isfinite(t).all() for t in (c, loss)), "non-finite (V2)"
 print(describe("inference", dtype=torch.bfloat16))
 """
 
 
 def test_bf16_runs_on_a_cpu_capped_at_avx2():
     """Issue 15: oneDNN has no bf16 Linear on an AVX2-only CPU; bf16 inference and training must still run."""
-    env = {**os.environ, "ONEDNN_MAX_CPU_ISA": "AVX2", "ATEN_CPU_CAPABILITY": "avx2"}
+    # cli_env: the subprocess imports this checkout's sources, not whichever convnext is installed
+    env = {**cli_env(), "ONEDNN_MAX_CPU_ISA": "AVX2", "ATEN_CPU_CAPABILITY": "avx2"}
     out = subprocess.run([sys.executable, "-c", _AVX2_SCRIPT], capture_output=True, text=True, env=env, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
     assert "bf16 inference: ATen's Linear layers" in out.stdout and "emulated" in out.stdout
@@ -322,10 +423,31 @@ def test_compiled_models_share_no_inductor_cache_across_instruction_sets(tmp_pat
     capped at AVX2 reused an AVX-512 process's compiled graph and returned NaN (the reverse corrupted the heap).
     `fast.compile` keeps one cache folder per ISA: two processes, one cache, both right."""
     for cap in ({}, {"ATEN_CPU_CAPABILITY": "avx2"}, {}):
-        env = {**os.environ, "TORCHINDUCTOR_CACHE_DIR": str(tmp_path), **cap}
+        env = {**cli_env(), "TORCHINDUCTOR_CACHE_DIR": str(tmp_path), **cap}
         out = subprocess.run([sys.executable, "-c", _COMPILE_SCRIPT], capture_output=True, text=True, env=env,
                              timeout=600)
         assert out.returncode == 0, (cap, out.stderr[-1500:])
     assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith("isa-")) == [
         "isa-avx2", f"isa-{torch.backends.cpu.get_cpu_capability().lower()}"] or \
         torch.backends.cpu.get_cpu_capability() == "AVX2"
+
+
+def test_freezing_a_v2_model_runs_its_blocks_fast():
+    ref = convnext.create_model("convnextv2_atto", depths=(1, 1, 1, 1), dims=(16, 32, 48, 64), num_classes=10,
+                                optimize=False).eval()
+    frozen = convnext.freeze(ref)
+    assert all(type(b) is fast.FastBlockV2 for s in frozen.stages for b in s)
+    assert all(type(b) is not fast.FastBlockV2 for s in ref.stages for b in s)  # the model itself is untouched
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        assert_as_accurate(frozen(x), ref(x), as_float64(ref)(x.double()), "frozen V2")
+
+
+def test_the_probe_runs_right_whatever_context_first_asks():
+    # the first call may come from inside autocast (a bf16 training step): a fresh process, probed there
+    fresh = subprocess.run([sys.executable, "-c", "import torch\nfrom convnext.fast import capabilities\n"
+                            "with torch.autocast('cpu', dtype=torch.bfloat16), torch.enable_grad():\n"
+                            "    c = capabilities()\nprint(sorted(str(d) for d in c.onednn_linear))"],
+                           capture_output=True, text=True, env=cli_env(), timeout=120)
+    assert fresh.returncode == 0, fresh.stderr[-1500:]
+    assert fresh.stdout.strip() == str(sorted(str(d) for d in capabilities().onednn_linear))

@@ -77,6 +77,17 @@ def test_robustness_command_against_itself_as_baseline(fmnist_c, tmp_path, run_c
     assert report["mce"] == pytest.approx(1.0)
     assert set(report["ce"]) == set(corruptions) and "mce" in proc.stdout
     assert (tmp_path / "out" / "robustness_corrupted.png").stat().st_size > 10_000
+    # A checkpoint that carries its data config needs no flags: the same errors
+    import convnext
+    from convnext.data_config import DataSpec
+
+    model.data_config = DataSpec(in_chans=1, input_size=(32, 32), mean=(0.286,), std=(0.353,), crop_pct=1.0)
+    convnext.save(model, tmp_path / "ours")
+    proc = run_cli("robustness", "--weights", tmp_path / "ours", "--suite", "corrupted", "--data", fmnist_c,
+                   "--corruptions", *corruptions, "--severities", *map(str, severities), "--workers", "0",
+                   "--out", tmp_path / "out2")
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads((tmp_path / "out2" / "robustness_corrupted.json").read_text())["errors"] == errors
 
 
 def test_corrupt_refuses_output_inside_input(tmp_path, run_cli):

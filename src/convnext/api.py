@@ -99,9 +99,3 @@ def save(model: nn.Module, path: str | os.PathLike) -> Path:
     """Save `model` in our format (model.safetensors + config.json in the folder `path`, or `NAME.safetensors` +
     `NAME.json`); the pair alone rebuilds it with `convnext.load`, with its data config."""
     return checkpoints.save(model, path)
-
-
-def model_from_config(config: dict[str, Any], *, optimize: bool = True) -> nn.Module:
-    """The model a `model.config` dict describes (`{"model": name, **build_model arguments}`), freshly
-    initialised: what config.json and training checkpoints store."""
-    return create_model(config["model"], optimize=optimize, **{k: v for k, v in config.items() if k != "model"})

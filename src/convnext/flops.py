@@ -17,26 +17,53 @@ def count_params(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-def count_macs(model: nn.Module, size: int | tuple[int, int] = 224, in_chans: int = 3) -> int:
+RULES = ("macs", "fvcore")
+# fvcore's count for a LayerNorm with an affine transform: 5 operations per element (its `norm_flop_counter`)
+FVCORE_LAYER_NORM = 5
+
+
+def count_macs(model: nn.Module, size: int | tuple[int, int] = 224, in_chans: int = 3, rule: str = "macs") -> int:
     """Multiply-accumulates of one forward pass on a single image of `size` (an int or (H, W)).
+
+    `rule` says what counts: "macs", the convolutions and linear layers (the ConvNeXt paper's GFLOPs);
+    "fvcore", those plus 5 per element of every channels-last `nn.LayerNorm`, which is what fvcore counts on
+    the official ConvNeXt-V2 code (whose channels-first LayerNorm is written out in elementwise ops that
+    fvcore does not count) and what the V2 README's FLOPs match (docs: 13 of its 14 figures; tests/test_v2.py).
 
     The input is made on the model's device, so a model built on the "meta" device (see `convnext flops`)
     is counted without memory or compute, even XL at 2048x512.
     """
-    return _module_macs(model, size, in_chans)[""]
+    return _module_macs(model, size, in_chans, rule)[""]
 
 
 @torch.no_grad()
-def _module_macs(model: nn.Module, size: int | tuple[int, int], in_chans: int) -> dict[str, int]:
+def _module_macs(model: nn.Module, size: int | tuple[int, int], in_chans: int, rule: str = "macs"
+                 ) -> dict[str, int]:
     """MACs per module name ("" for the whole model, "stages.0", "stages.0.1.dwconv", ...)."""
+    if rule not in RULES:
+        raise ValueError(f"Unknown counting rule {rule!r}; choose one of {', '.join(RULES)}")
     h, w = (size, size) if isinstance(size, int) else size
     x = torch.zeros(1, in_chans, h, w, device=next(model.parameters()).device)
     was_training = model.training
     model.eval()
     counter = FlopCounterMode(display=False)
     # fused kernels (oneDNN Linear+GELU) have no FLOP formula: count the reference ops, which do the same math
-    with fast.reference(model), counter:
-        model(x)
+    extra: dict[str, int] = {}
+    hooks = []
+    if rule == "fvcore":
+        def count_norm(name: str, output: torch.Tensor) -> None:
+            parts = name.split(".")
+            for prefix in ["", *(".".join(parts[:i]) for i in range(1, len(parts) + 1))]:
+                extra[prefix] = extra.get(prefix, 0) + FVCORE_LAYER_NORM * output.numel()
+
+        hooks = [m.register_forward_hook(lambda m, i, o, n=name: count_norm(n, o))
+                 for name, m in model.named_modules() if type(m) is nn.LayerNorm]  # not LayerNorm2d
+    try:
+        with fast.reference(model), counter:
+            model(x)
+    finally:
+        for h in hooks:
+            h.remove()
     model.train(was_training)
     counts = {}
     for name, ops in counter.get_flop_counts().items():
@@ -45,6 +72,8 @@ def _module_macs(model: nn.Module, size: int | tuple[int, int], in_chans: int) -
         elif "." in name:  # "ConvNeXt.stages.0" -> "stages.0"; the bare class name repeats Global
             counts[name.split(".", 1)[1]] = sum(ops.values()) // 2
     counts.setdefault("", 0)
+    for name, n in extra.items():
+        counts[name] = counts.get(name, 0) + n
     return counts
 
 
@@ -131,8 +160,9 @@ def model_table(pattern: str = "*") -> list[dict]:
         rows.append({
             "model": name,
             "params_m": count_params(model) / 1e6,
-            "gmacs_224": count_macs(model, 224) / 1e9,
-            "gmacs_384": count_macs(model, 384) / 1e9,
+            "gmacs_224": count_macs(model, 224, rule=MODELS[name].count_rule) / 1e9,
+            "gmacs_384": count_macs(model, 384, rule=MODELS[name].count_rule) / 1e9,
+            "count_rule": MODELS[name].count_rule,
             "paper_params_m": paper.get("params"),
             "paper_gmacs_224": paper.get("gmacs_224"),
             "paper_gmacs_384": paper.get("gmacs_384"),

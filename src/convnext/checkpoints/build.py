@@ -20,7 +20,8 @@ from .pretrained import Release, download, find_release, imagenet_class_names, r
 from .source import Source
 
 # config.json entries that define the architecture: a file in our format rebuilds exactly what it was.
-ARCH_KEYS = ("depths", "dims", "depth", "dim", "in_chans", "patch_size", "kernel_size", "layer_scale_init_value")
+ARCH_KEYS = ("depths", "dims", "depth", "dim", "in_chans", "patch_size", "kernel_size", "layer_scale_init_value",
+             "use_grn")
 _BACKBONE_NORM = re.compile(r"norm(\d+)\.")
 
 
@@ -60,6 +61,9 @@ def build_from_source(
     Classification weights load into a `features_only` backbone too (their pooled norm and head are
     dropped; the backbone's norm0..norm3 keep their initialisation, with a warning), as do the official
     detection/segmentation backbone files. `num_classes` other than the file's re-initialises the head.
+    An encoder without final norm and head (ConvNeXt V2's FCMAE pretraining weights) loads into a classifier
+    whose norm and head keep their initialisation (num_classes defaults to 0 then: pooled features), with a
+    note when it has a head to fine-tune.
     """
     config = {k: v for k, v in source.model_config.items() if k != "model"}
     if name is None:
@@ -86,10 +90,17 @@ def build_from_source(
             model = build_model(name, features_only=True, out_indices=out_indices, **kwargs)
     else:
         file_classes = state_dict["head.weight"].shape[0] if "head.weight" in state_dict else None
-        default = file_classes or (release.num_classes if release else 1000)
+        encoder_only = file_classes is None and "norm.weight" not in state_dict and "stem.weight" not in state_dict \
+            and not any(_BACKBONE_NORM.match(k) for k in state_dict)
+        default = file_classes or (release.num_classes if release else 0 if encoder_only else 1000)
         classes = default if num_classes is None else num_classes
         allow = ()
-        if file_classes is not None and classes != file_classes:
+        if encoder_only:
+            allow = ("norm.", "head.")
+            fresh = f"its final norm and {classes}-class head keep" if classes else "its final norm keeps"
+            warnings.warn(f"{source} holds an encoder without final norm and head (FCMAE pretraining weights): "
+                          f"{fresh} the initialisation; fine-tune before use.", stacklevel=3)
+        elif file_classes is not None and classes != file_classes:
             state_dict = {k: v for k, v in state_dict.items() if not k.startswith("head.")}
             allow = ("head.",)
             if classes:
@@ -127,6 +138,8 @@ def _init_missing(model: nn.Module, prefixes: tuple[str, ...], head_init_scale: 
         name = prefix.rstrip(".")
         if name == "head":
             model.reset_classifier(model.num_classes, head_init_scale)
+        elif name == "norm":
+            model.norm = nn.LayerNorm(model.num_features, eps=1e-6)
         else:
             setattr(model, name, LayerNorm2d(model.dims[int(name[4:])]))
     left = [n for n, t in model.state_dict().items() if t.is_meta]

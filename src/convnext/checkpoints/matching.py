@@ -20,9 +20,11 @@ _BACKBONE_NORM = re.compile(r"norm(\d+)\.")
 def infer_config(state_dict: Mapping[str, torch.Tensor], name: str | None = None) -> dict[str, Any]:
     """The `create_model` arguments an official-layout state dict was made with: {"model": name, ...}.
 
-    The name is `name` if given (e.g. the one a training recipe records) and the same kind of network, else
-    the registered model with the same depths and widths; the stem, kernel, widths, layer scale and class
-    count come from the tensor shapes, so the config rebuilds any variant the file holds.
+    The name is `name` if given (e.g. the one a training recipe records) and the same kind of network (V1 or
+    V2: GRN parameters; hierarchical or isotropic), else the registered model with the same depths, widths and
+    block kind; the stem, kernel, widths, layer scale and class count come from the tensor shapes, so the
+    config rebuilds any variant the file holds. An encoder without final norm and head (FCMAE pretraining
+    weights) gives num_classes 0.
     """
     sd = state_dict
     if "stem.weight" in sd:  # isotropic
@@ -36,18 +38,19 @@ def infer_config(state_dict: Mapping[str, torch.Tensor], name: str | None = None
         depths = [1 + max((int(k.split(".")[2]) for k in sd if k.startswith(f"stages.{i}.")), default=-1)
                   for i in range(n_stages)]
         dims = [sd[f"stages.{i}.0.dwconv.weight"].shape[0] for i in range(n_stages)]
-        arch = {"depths": depths, "dims": dims}
+        arch = {"depths": depths, "dims": dims, "use_grn": "stages.0.0.grn.gamma" in sd}
         _, in_chans, patch, _ = sd["downsample_layers.0.0.weight"].shape
         cfg = {"in_chans": in_chans, "patch_size": patch, "kernel_size": sd["stages.0.0.dwconv.weight"].shape[-1]}
         has_gamma = "stages.0.0.gamma" in sd
     else:
         raise CheckpointError(f"Not an official-layout ConvNeXt state dict (first keys {list(sd)[:5]}).")
-    if name not in MODELS or ("depth" in MODELS[name].kwargs) != ("depth" in arch):
-        name = next((n for n, s in MODELS.items() if _plain({k: v for k, v in s.kwargs.items() if k in arch}) == arch),
-                    None) or ("convnext_iso_small" if "depth" in arch else "convnext_tiny")
-    cfg.update(arch)
+    if name not in MODELS or _spec_arch(MODELS[name].kwargs, arch).keys() != arch.keys() \
+            or _spec_arch(MODELS[name].kwargs, arch).get("use_grn") != arch.get("use_grn"):
+        name = next((n for n, s in MODELS.items() if _spec_arch(s.kwargs, arch) == arch), None) or (
+            "convnext_iso_small" if "depth" in arch else "convnextv2_tiny" if arch["use_grn"] else "convnext_tiny")
+    cfg.update({k: v for k, v in arch.items() if k != "use_grn"})
     layer_scale = 1e-6 if has_gamma else 0.0
-    if MODELS[name].kwargs.get("layer_scale_init_value", 1e-6) != layer_scale:
+    if not arch.get("use_grn") and MODELS[name].kwargs.get("layer_scale_init_value", 1e-6) != layer_scale:
         cfg["layer_scale_init_value"] = layer_scale
     backbone = sorted(int(m.group(1)) for k in sd if (m := _BACKBONE_NORM.match(k)) and k.endswith(".weight"))
     if backbone:
@@ -65,6 +68,14 @@ def infer_config(state_dict: Mapping[str, torch.Tensor], name: str | None = None
 def _plain(d: Mapping[str, Any]) -> dict[str, Any]:
     """Tuples as lists, so a registry entry compares equal to the same values read from a file."""
     return {k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}
+
+
+def _spec_arch(kwargs: Mapping[str, Any], arch: Mapping[str, Any]) -> dict[str, Any]:
+    """A registered model's values of the `arch` keys, as infer_config compares them."""
+    out = _plain({k: v for k, v in kwargs.items() if k in arch})
+    if "use_grn" in arch:
+        out["use_grn"] = bool(kwargs.get("use_grn", False))
+    return out
 
 
 def load_checked(model: nn.Module, state_dict: Mapping[str, torch.Tensor], *, source: str = "the checkpoint",
@@ -120,7 +131,8 @@ def _likely_cause(model: nn.Module, sd: Mapping[str, torch.Tensor], missing: lis
     except CheckpointError:
         return "this is not a ConvNeXt state dict in the official layout."
     model_arch = _arch(model)
-    file_arch = {k: file_cfg.get(k, MODELS[file_cfg["model"]].kwargs.get(k)) for k in model_arch}
+    file_arch = {k: file_cfg.get(k, MODELS[file_cfg["model"]].kwargs.get(k, False if k == "use_grn" else None))
+                 for k in model_arch}
     file_arch = {k: list(v) if isinstance(v, tuple) else v for k, v in file_arch.items()}
     if file_arch != model_arch:
         return (f"a different model: the file looks like {file_cfg['model']} ({_fmt(file_arch)}), the model has "
@@ -131,11 +143,12 @@ def _likely_cause(model: nn.Module, sd: Mapping[str, torch.Tensor], missing: lis
 
 def _arch(model: nn.Module) -> dict[str, Any]:
     if isinstance(model, ConvNeXt):
-        return {"depths": list(model.depths), "dims": list(model.dims)}
+        return {"depths": list(model.depths), "dims": list(model.dims), "use_grn": model.use_grn}
     if isinstance(model, ConvNeXtIsotropic):
         return {"depth": len(model.blocks), "dim": model.num_features}
     return {}
 
 
 def _fmt(arch: dict[str, Any]) -> str:
-    return ", ".join(f"{k} {tuple(v) if isinstance(v, list) else v}" for k, v in arch.items())
+    text = ", ".join(f"{k} {tuple(v) if isinstance(v, list) else v}" for k, v in arch.items() if k != "use_grn")
+    return text + (", ConvNeXt V2 (GRN) blocks" if arch.get("use_grn") else "")

@@ -1,5 +1,5 @@
-"""The official ConvNeXt releases (paper.md section 4, the official README) and their download into the
-torch hub cache, with size and sha256 checks.
+"""The official ConvNeXt and ConvNeXt V2 releases (paper.md section 4 and the official READMEs) and their download
+into the torch hub cache, with size and sha256 checks.
 
 `RELEASES[model][tag]` names each file; `Release.size` / `Release.sha256` hold the published size and hash
 where they are known and are verified when present. Every download also records the size and sha256 it
@@ -53,6 +53,18 @@ def _family(size: str, in1k: bool, in1k_384: bool, in22k: bool) -> dict[str, Rel
     return tags
 
 
+def _v2_family(size: str, in22k: tuple[int, ...]) -> dict[str, Release]:
+    # facebookresearch/ConvNeXt-V2 README (commit 2553895), which states no sizes or checksums. Tags as timm's.
+    # Every 22K file is a 1000-class classifier: FCMAE, then 22K fine-tuning, then 1K fine-tuning.
+    tags = {"fcmae_ft_in1k": Release(f"convnextv2/im1k/convnextv2_{size}_1k_224_ema.pt")}
+    for res in in22k:
+        suffix = "" if res == 224 else f"_{res}"
+        tags[f"fcmae_ft_in22k_in1k{suffix}"] = Release(f"convnextv2/im22k/convnextv2_{size}_22k_{res}_ema.pt")
+    # The FCMAE pretrained encoder alone: no final norm, no head (fine-tune it)
+    tags["fcmae"] = Release(f"convnextv2/pt_only/convnextv2_{size}_1k_224_fcmae.pt", num_classes=0)
+    return tags
+
+
 # The first tag of each model is what pretrained=True loads. XL was trained on ImageNet-22K only.
 RELEASES: dict[str, dict[str, Release]] = {
     "convnext_tiny": _family("tiny", True, False, True),
@@ -63,6 +75,14 @@ RELEASES: dict[str, dict[str, Release]] = {
     "convnext_iso_small": {"in1k": Release("convnext_iso_small_1k_224_ema.pth")},
     "convnext_iso_base": {"in1k": Release("convnext_iso_base_1k_224_ema.pth")},
     "convnext_iso_large": {"in1k": Release("convnext_iso_large_1k_224_ema.pth")},
+    "convnextv2_atto": _v2_family("atto", ()),
+    "convnextv2_femto": _v2_family("femto", ()),
+    "convnextv2_pico": _v2_family("pico", ()),
+    "convnextv2_nano": _v2_family("nano", (224, 384)),
+    "convnextv2_tiny": _v2_family("tiny", (224, 384)),
+    "convnextv2_base": _v2_family("base", (224, 384)),
+    "convnextv2_large": _v2_family("large", (224, 384)),
+    "convnextv2_huge": _v2_family("huge", (384, 512)),
 }
 
 

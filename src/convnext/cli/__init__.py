@@ -17,6 +17,7 @@ from ..malloc import tune_malloc
 COMMANDS: dict[str, tuple[str, str]] = {
     "models": ("models", "list every model with params and GMACs beside the paper's"),
     "train": ("train", "train with a recipe (default: a small ConvNeXt on Fashion-MNIST)"),
+    "pretrain": ("pretrain", "ConvNeXt V2's FCMAE masked pretraining with a recipe (default: on Fashion-MNIST)"),
     "eval": ("eval", "top-1/top-5 of a checkpoint on a data set"),
     "predict": ("predict", "top-k classes of images"),
     "convert": ("convert", "convert a checkpoint between layouts (official/timm/torchvision/hf/ours)"),
@@ -26,6 +27,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "roadmap": ("roadmap", "the ResNet-50 -> ConvNeXt-T roadmap: table, figure, small-scale sweep"),
     "robustness": ("robustness", "ImageNet-C mCE and ImageNet-A/R/Sketch protocols"),
     "corrupt": ("corrupt", "write the 15 ImageNet-C corruptions x 5 severities of a data set"),
+    "shard": ("shard", "write an image folder or Fashion-MNIST as WebDataset tar shards (or index shards)"),
     "train-detection": ("detection", "(Cascade) Mask R-CNN on ConvNeXt, COCO format"),
     "train-segmentation": ("segmentation", "UperNet on ConvNeXt, ADE20K format"),
 }

@@ -16,12 +16,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("dst", help="where to write (a directory for --to safetensors/hf, else a file)")
     parser.add_argument("--to", default="safetensors", choices=TARGETS,
                         help="layout to write (default: safetensors, ours: model.safetensors + config.json with the "
-                             "model and data config, loadable by convnext.load)")
+                             "model and data config, loadable by convnext.load; fcmae: a ConvNeXt V2 encoder as the "
+                             "official pretraining saves it)")
     parser.add_argument("--key", default=None,
                         help="entry of a wrapped checkpoint holding the weights (default: model / state_dict; "
                              "e.g. ema in a last-*.pt, model_ema in an official training checkpoint)")
     parser.add_argument("--timm-conv-mlp", action="store_true",
-                        help="write timm's 1x1-conv MLP weights (needed by timm's convnext_atto..nano)")
+                        help="write timm's 1x1-conv MLP weights (needed by timm's convnext_atto..nano and "
+                             "convnextv2_atto..nano)")
 
 
 def main(args: argparse.Namespace) -> int:

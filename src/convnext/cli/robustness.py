@@ -19,14 +19,18 @@ from pathlib import Path
 
 import torch
 
+from ..data_config import DataSpec
 from ..robustness.metrics import ALEXNET_ERRORS, CORRUPTIONS, SEVERITIES, alexnet_clean_error, summarize
 
 SUITES = ("imagenet-c", "imagenet-a", "imagenet-r", "imagenet-sketch", "corrupted")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", required=True, help="model name, e.g. convnext_tiny (see `convnext models`)")
-    parser.add_argument("--weights", required=True, help="checkpoint file in any layout create_model reads")
+    parser.add_argument("--weights", required=True,
+                        help="a checkpoint (any layout convnext.load reads); its data config sets size, crop, "
+                             "normalisation and channels unless the options below say otherwise")
+    parser.add_argument("--model", default=None,
+                        help="build this model and load --weights into it (default: what the checkpoint says)")
     parser.add_argument("--suite", required=True, choices=SUITES)
     parser.add_argument("--data", required=True, help="the suite's root folder")
     parser.add_argument("--clean-data", help="clean class folders (e.g. the ImageNet val set) for relative mCE")
@@ -35,14 +39,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "model on the same data; it normalises CE and relative CE")
     parser.add_argument("--corruptions", nargs="+", default=list(CORRUPTIONS), metavar="NAME")
     parser.add_argument("--severities", nargs="+", type=int, default=list(SEVERITIES), choices=SEVERITIES)
-    parser.add_argument("--num-classes", type=int, help="classifier outputs (default: the checkpoint's)")
-    parser.add_argument("--in-chans", type=int, default=3, help="1 for grayscale models (e.g. Fashion-MNIST)")
-    parser.add_argument("--size", type=int, default=224, help="input resolution")
+    parser.add_argument("--num-classes", type=int, help="with --model: classifier outputs (default: the file's)")
+    parser.add_argument("--in-chans", type=int, default=None, help="with --model: input channels (default 3)")
+    parser.add_argument("--size", type=int, default=None, help="input resolution (default: the checkpoint's)")
     parser.add_argument("--crop-pct", type=float, default=None,
-                        help="resize to size/crop_pct then center-crop (default: the paper's 0.875; 1.0 for "
+                        help="resize to size/crop_pct then center-crop (default: the checkpoint's; 1.0 for "
                              "ImageNet-C, whose images are already 224 center crops)")
-    parser.add_argument("--mean", type=float, nargs="+", help="normalisation mean (default ImageNet's)")
-    parser.add_argument("--std", type=float, nargs="+", help="normalisation std (default ImageNet's)")
+    parser.add_argument("--mean", type=float, nargs="+", help="normalisation mean (default: the checkpoint's)")
+    parser.add_argument("--std", type=float, nargs="+", help="normalisation std (default: the checkpoint's)")
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--workers", type=int, default=2, help="data-loading processes")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -50,20 +54,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", default=".", help="folder for the JSON report and the chart")
 
 
-def _transform(args: argparse.Namespace):
-    from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
-
-    from ..data.transforms import eval_transform
-
-    crop_pct = args.crop_pct
-    if crop_pct is None and args.suite in ("imagenet-c", "corrupted"):
-        crop_pct = 1.0
-    mean = tuple(args.mean) if args.mean else IMAGENET_DEFAULT_MEAN
-    std = tuple(args.std) if args.std else IMAGENET_DEFAULT_STD
-    if len(mean) != args.in_chans or len(std) != args.in_chans:
-        raise SystemExit(f"convnext robustness: --mean/--std need {args.in_chans} values for --in-chans "
-                         f"{args.in_chans} (got {len(mean)}/{len(std)})")
-    return eval_transform(args.size, crop_pct=crop_pct, mean=mean, std=std)
+def _data_config(args: argparse.Namespace, spec: DataSpec) -> DataSpec:
+    """The model's data config with the command line's changes: a size, a crop, a normalisation."""
+    if args.size:
+        spec = spec.at_size(args.size)
+    crop_pct = args.crop_pct if args.crop_pct is not None else (
+        1.0 if args.suite in ("imagenet-c", "corrupted") else None)
+    if crop_pct is not None:
+        spec = spec.replace(crop_pct=crop_pct, crop_mode="center")
+    if args.mean or args.std:
+        mean, std = tuple(args.mean or spec.mean), tuple(args.std or spec.std)
+        if len(mean) != spec.in_chans or len(std) != spec.in_chans:
+            raise ValueError(f"--mean/--std need {spec.in_chans} values for this {spec.in_chans}-channel model "
+                             f"(got {len(mean)}/{len(std)})")
+        spec = spec.replace(mean=mean, std=std)
+    return spec
 
 
 def _baseline(args: argparse.Namespace) -> tuple[str | None, dict | None, float | None]:
@@ -83,17 +88,24 @@ def _baseline(args: argparse.Namespace) -> tuple[str | None, dict | None, float 
 
 
 def main(args: argparse.Namespace) -> int:
-    from ..api import create_model
+    from ..api import create_model, load
+    from ..data.transforms import transform as eval_transform_of
     from ..robustness.chart import plot_corruption_errors
     from ..robustness.evaluate import evaluate_corruptions, image_folder, top1_error
     from ..robustness.subsets import imagenet_synsets, subset_indices
 
-    model = create_model(args.model, pretrained=args.weights, num_classes=args.num_classes, in_chans=args.in_chans)
+    if args.model:
+        model = create_model(args.model, pretrained=args.weights, num_classes=args.num_classes,
+                             in_chans=args.in_chans or 3)
+    else:
+        model = load(args.weights)
     model = model.to(args.device).eval()
-    transform = _transform(args)
-    mode = "L" if args.in_chans == 1 else "RGB"
+    spec = _data_config(args, model.data_config)
+    transform = eval_transform_of(spec)
+    mode = "L" if spec.in_chans == 1 else "RGB"
     loader_kwargs = dict(batch_size=args.batch_size, workers=args.workers, device=args.device, limit=args.limit)
-    report: dict = {"suite": args.suite, "model": args.model, "weights": str(args.weights), "data": str(args.data)}
+    report: dict = {"suite": args.suite, "model": model.config["model"], "weights": str(args.weights),
+                    "data": str(args.data), "data_config": spec.to_dict()}
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
 
@@ -116,7 +128,7 @@ def main(args: argparse.Namespace) -> int:
         if args.clean_data:
             clean = top1_error(model, image_folder(args.clean_data, transform, mode), desc="clean", **loader_kwargs)
         report.update(summarize(errors, clean, base_errors, base_clean), baseline=name, baseline_errors=base_errors)
-        chart = plot_corruption_errors(report, out / f"robustness_{args.suite}.png", title=args.model)
+        chart = plot_corruption_errors(report, out / f"robustness_{args.suite}.png", title=model.config["model"])
         report["chart"] = str(chart)
         lines = [f"{c:>18}: " + " ".join(f"{100 * e:5.1f}" for e in errors[c])
                  + (f"   CE {100 * report['ce'][c]:5.1f}" if "ce" in report else "") for c in errors]

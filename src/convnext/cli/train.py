@@ -12,14 +12,14 @@ from __future__ import annotations
 import argparse
 
 from ..train import train
-from ..train.config import dump_yaml, list_recipes, load_config
+from ..train.config import Config, ConfigError, dump_yaml, list_recipes, load_config
 
 DEFAULT_RECIPE = "fashion_mnist"
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--recipe", default=DEFAULT_RECIPE,
-                        help=f"a shipped recipe name or a YAML file (default: {DEFAULT_RECIPE}); "
+def add_arguments(parser: argparse.ArgumentParser, default_recipe: str = DEFAULT_RECIPE) -> None:
+    parser.add_argument("--recipe", default=default_recipe,
+                        help=f"a shipped recipe name or a YAML file (default: {default_recipe}); "
                              "--list-recipes shows the shipped ones")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override a config key, e.g. --set optim.lr=1e-3 --set run.name=try2 (repeatable)")
@@ -31,20 +31,28 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--list-recipes", action="store_true", help="list the shipped recipes and exit")
 
 
-def main(args: argparse.Namespace) -> int:
+def recipe_config(args: argparse.Namespace, task: str) -> Config | None:
+    """The recipe the arguments name, with their overrides; None when the command only printed something."""
     if args.list_recipes:
         print("\n".join(list_recipes()))
-        return 0
+        return None
     overrides = list(args.overrides)
-    if args.resume:
-        overrides.append(f"run.resume={args.resume}")
-    if args.out:
-        overrides.append(f"run.out_dir={args.out}")
-    if args.name:
-        overrides.append(f"run.name={args.name}")
+    for flag, key in ((args.resume, "run.resume"), (args.out, "run.out_dir"), (args.name, "run.name")):
+        if flag:
+            overrides.append(f"{key}={flag}")
     cfg = load_config(args.recipe, overrides)
+    if cfg.task != task:
+        command = "convnext pretrain" if cfg.task == "fcmae" else "convnext train"
+        raise ConfigError(f"{args.recipe} is a {cfg.task} recipe: run it with `{command} --recipe {args.recipe}`")
     if args.print_config:
         print(dump_yaml(cfg.to_dict()), end="")
+        return None
+    return cfg
+
+
+def main(args: argparse.Namespace) -> int:
+    cfg = recipe_config(args, "classification")
+    if cfg is None:
         return 0
     result = train(cfg)
     if result.files:  # rank 0 only

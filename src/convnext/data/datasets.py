@@ -1,9 +1,11 @@
-"""Data sets: ImageNet-layout folders (with clear errors and corrupt-image reporting) and Fashion-MNIST read
-straight from the Debian package's idx files."""
+"""Data sets: ImageNet-layout folders (with clear errors and corrupt-image reporting), Fashion-MNIST read
+straight from the Debian package's idx files, and (through data/shards.py and data/hf.py) WebDataset tar shards
+and Hugging Face datasets saved on disk."""
 
 from __future__ import annotations
 
 import gzip
+import io
 import logging
 import os
 import random
@@ -79,6 +81,13 @@ def _check_image_folder(split_dir: Path) -> list[str]:
                         f"{' ...' if len(empty) > 10 else ''}. Remove them or add images "
                         f"(extensions: {', '.join(IMG_EXTENSIONS)}).")
     return classes
+
+
+def decode_image(data: bytes) -> Image.Image:
+    """An encoded image (JPEG, PNG, WebP, ...) as an RGB PIL image, decoded exactly as `CheckedImageFolder`
+    decodes the same file, so a data set gives the same pixels from a folder, shards or a HF dataset."""
+    with Image.open(io.BytesIO(data)) as img:
+        return img.convert("RGB")
 
 
 class CheckedImageFolder(ImageFolder):
@@ -201,7 +210,10 @@ def build_datasets(data_cfg, for_training: bool = True):
     """(train, val, num_classes, in_chans) for a `DataConfig`; train is None when `for_training` is False.
 
     Fashion-MNIST uses the Debian idx files (`data.root` defaults to /usr/share/datasets/fashion-mnist);
-    an image folder uses `<root>/<train_split>` and `<root>/<val_split>` with identical class folders.
+    an image folder uses `<root>/<train_split>` and `<root>/<val_split>` with identical class folders;
+    `wds` reads the shards that data.train_split / data.val_split name under `data.root` (a split name, a brace
+    pattern, a glob, a `::` list or a .txt list: `shards.resolve_shards`); `hf` reads a Hugging Face dataset saved
+    with `save_to_disk` or as parquet files in `data.root` (`hf.load_split`). Every data set has `.classes`.
     """
     from .transforms import SmallImageBatchTransform, eval_transform, train_transform
 
@@ -216,6 +228,29 @@ def build_datasets(data_cfg, for_training: bool = True):
             train = TensorImages(*fashion_mnist_split(c, "train"), aug, FASHION_MNIST_CLASSES, c.limit_train)
         in_chans = 1
         return train, val, len(FASHION_MNIST_CLASSES), in_chans
+    elif c.dataset in ("wds", "hf"):
+        if not c.root and c.dataset == "hf":
+            raise DataError("data.root is not set: give the folder of the Hugging Face dataset (save_to_disk or "
+                            "parquet files), e.g. --set data.root=/data/imagenet-hf")
+        train, classes = None, None
+        evalt = eval_transform(c.input_size, c.crop_pct, interpolation=c.interpolation)
+        if c.dataset == "wds":
+            from .shards import ShardDataset, resolve_shards
+
+            if for_training:
+                train = ShardDataset(resolve_shards(c.train_split, c.root), train_transform(c), c.bad_images,
+                                     name="train")
+                classes = train.classes
+            val = ShardDataset(resolve_shards(c.val_split, c.root), evalt, c.bad_images, classes, name="val")
+        else:
+            from .hf import HFImageDataset, load_split
+
+            if for_training:
+                train = HFImageDataset(load_split(c.root, c.train_split), train_transform(c), c.bad_images,
+                                       name="train")
+                classes = train.classes
+            val = HFImageDataset(load_split(c.root, c.val_split), evalt, c.bad_images, classes, name="val")
+        in_chans = 3
     else:
         if not c.root:
             raise DataError("data.root is not set: give the folder that holds train/ and val/ "

@@ -21,12 +21,12 @@ import torch
 from torch import nn
 
 from ..models.layers import Block
-from .block import FAST_BLOCKS, FastBlock, FrozenBlock
+from .block import FAST_BLOCKS, FastBlock, FastBlockV2, FrozenBlock
 from .dwconv import kernel_status
 from .probe import Capabilities, capabilities
 
-__all__ = ["Capabilities", "FastBlock", "FrozenBlock", "capabilities", "compile", "describe", "freeze", "optimize",
-           "reference"]
+__all__ = ["Capabilities", "FastBlock", "FastBlockV2", "FrozenBlock", "capabilities", "compile", "describe", "freeze",
+           "optimize", "reference"]
 
 
 def optimize(model: nn.Module) -> nn.Module:
@@ -58,12 +58,14 @@ def reference(model: nn.Module) -> Iterator[nn.Module]:
 def freeze(model: nn.Module, dtype: torch.dtype | None = None) -> nn.Module:
     """An inference-only copy of `model` with each block's weights folded once (LayerNorm's affine into
     pwconv1, gamma into pwconv2), cast to `dtype` (default: the model's) and, in fp32 on a CPU with oneDNN,
-    packed into oneDNN's layout. The copy shares nothing with `model`: train or change `model` and freeze again.
+    packed into oneDNN's layout. ConvNeXt V2's blocks, whose GRN sits between the pointwise layers, are not
+    folded: they run optimized, in `dtype`. The copy shares nothing with `model`: train or change `model` and
+    freeze again.
 
     Freeze after moving the model to its device; the copy runs in eval mode, without gradients.
     """
     dtype = dtype or next(model.parameters()).dtype
-    frozen = copy.deepcopy(model).eval().requires_grad_(False)
+    frozen = optimize(copy.deepcopy(model).eval().requires_grad_(False))  # blocks without a frozen form run fast
     for parent in list(frozen.modules()):
         for name, child in parent.named_children():
             if isinstance(child, Block):  # folded from the model's own precision, so bf16 weights round once

@@ -31,6 +31,7 @@ class Capabilities:
         return dtype in self.onednn_linear
 
 
+@torch.compiler.disable  # a probe runs eagerly, whatever context first asks for it
 @functools.cache
 def capabilities() -> Capabilities:
     """Probe this machine once (about a millisecond): see the module docstring."""
@@ -39,7 +40,8 @@ def capabilities() -> Capabilities:
     notes = []
     linear = []
     for dtype in (torch.float32, torch.bfloat16):
-        problem = _probe_linear(dtype)
+        with torch.no_grad(), torch.autocast("cpu", enabled=False):  # the first caller may be inside autocast
+            problem = _probe_linear(dtype)
         if problem is None:
             linear.append(dtype)
         else:

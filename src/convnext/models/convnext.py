@@ -1,4 +1,5 @@
-"""ConvNeXt (Liu et al., "A ConvNet for the 2020s", CVPR 2022), in the official state-dict layout."""
+"""ConvNeXt (Liu et al., "A ConvNet for the 2020s", CVPR 2022) and ConvNeXt V2 (Woo et al., "ConvNeXt V2: Co-designing
+and Scaling ConvNets with Masked Autoencoders", CVPR 2023), in the official state-dict layouts."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from .layers import Block, LayerNorm2d
+from .layers import Block, BlockV2, LayerNorm2d
 
 
 class ConvNeXtBase(nn.Module):
@@ -59,10 +60,13 @@ class ConvNeXt(ConvNeXtBase):
         depths: blocks per stage (B in the paper).
         dims: channels per stage (C in the paper).
         drop_path_rate: stochastic depth rate of the last block; it grows linearly from 0 over all blocks.
-        layer_scale_init_value: initial per-channel `gamma`; 0 or None disables layer scale.
+        layer_scale_init_value: initial per-channel `gamma`; 0 or None disables layer scale. V1 blocks only.
         head_init_scale: multiplies the classifier's initial weight and bias (0.001 when fine-tuning).
         patch_size: kernel and stride of the patchify stem (4 in the paper; smaller for tiny images).
         kernel_size: the depthwise convolution's kernel (7 in the paper).
+        use_grn: ConvNeXt V2: every block is a `BlockV2` (GRN in the MLP, no layer scale, so
+            `layer_scale_init_value` is not used); the state dict is the official V2 layout
+            (`stages.i.j.grn.gamma`/`beta`, no `stages.i.j.gamma`).
     """
 
     def __init__(
@@ -76,9 +80,11 @@ class ConvNeXt(ConvNeXtBase):
         head_init_scale: float = 1.0,
         patch_size: int = 4,
         kernel_size: int = 7,
+        use_grn: bool = False,
     ) -> None:
         super().__init__()
         self.depths, self.dims = tuple(depths), tuple(dims)
+        self.use_grn = use_grn
         self.num_features = dims[-1]
         self.grad_checkpointing = False
 
@@ -94,7 +100,8 @@ class ConvNeXt(ConvNeXtBase):
         for i, depth in enumerate(depths):
             first = sum(depths[:i])
             self.stages.append(nn.Sequential(*[
-                Block(dims[i], rates[first + j], layer_scale_init_value, kernel_size) for j in range(depth)
+                BlockV2(dims[i], rates[first + j], kernel_size) if use_grn
+                else Block(dims[i], rates[first + j], layer_scale_init_value, kernel_size) for j in range(depth)
             ]))
 
         self.norm = nn.LayerNorm(dims[-1], eps=1e-6)
@@ -119,14 +126,27 @@ class ConvNeXt(ConvNeXtBase):
         """Layer groups for layer-wise lr decay, the head's group excluded (12 for S/B/L/XL)."""
         return 3 + -(-self.depths[2] // 3)
 
-    def layer_group(self, param_name: str) -> int:
-        """Layer-wise lr decay group of a parameter, 0 (stem) .. num_layer_groups + 1 (head).
+    def count_layer_groups(self, scheme: str = "group") -> int:
+        """`num_layer_groups` of a layer-decay scheme: "group" (as `num_layer_groups`) or "single" (one per
+        block: sum(depths), as ConvNeXt V2's official `layer_decay_type single`)."""
+        return sum(self.depths) if _scheme(scheme) == "single" else self.num_layer_groups
 
-        The official scheme (stem 0, stage 0: 1, stage 1: 2, stage 2 in groups of 3 blocks, stage 3 and
-        its downsampling: 12, head 13), generalised to any stage-3 depth so that it also suits T, whose
+    def layer_group(self, param_name: str, scheme: str = "group") -> int:
+        """Layer-wise lr decay group of a parameter, 0 (stem) .. count_layer_groups(scheme) + 1 (head).
+
+        "group": the official scheme (stem 0, stage 0: 1, stage 1: 2, stage 2 in groups of 3 blocks, stage 3
+        and its downsampling: 12, head 13), generalised to any stage-3 depth so that it also suits T, whose
         9-block third stage makes 3 groups instead of 9; the scale of group g is decay^(num_groups + 1 - g).
+        "single": ConvNeXt V2's fine-tuning scheme for its smaller models (official optim_factory
+        `get_num_layer_for_convnext_single`): block j of stage i is sum(depths[:i]) + j + 1, downsampling
+        layer i (the stem for i = 0) sum(depths[:i]) + 1, everything else (norms, head) sum(depths) + 1.
         """
         parts = param_name.split(".")
+        if _scheme(scheme) == "single":
+            if parts[0] in ("downsample_layers", "stages"):
+                i = int(parts[1])
+                return sum(self.depths[:i]) + 1 + (int(parts[2]) if parts[0] == "stages" else 0)
+            return sum(self.depths) + 1
         last = self.num_layer_groups
         if parts[0] == "downsample_layers":
             i = int(parts[1])
@@ -165,6 +185,12 @@ class ConvNeXtFeatures(ConvNeXt):
             if i in self.out_indices:
                 outs.append(getattr(self, f"norm{i}")(x))
         return outs
+
+
+def _scheme(scheme: str) -> str:
+    if scheme not in ("group", "single"):
+        raise ValueError(f"Unknown layer-decay scheme {scheme!r}; choose 'group' or 'single'")
+    return scheme
 
 
 def _init_weights(m: nn.Module) -> None:

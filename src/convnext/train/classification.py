@@ -17,7 +17,6 @@ import torch
 from torch import nn
 
 from ..api import create_model
-from ..checkpoints.io import load_checkpoint
 from ..data.datasets import (
     DataError,
     SeededDataset,
@@ -30,9 +29,8 @@ from ..data_config import data_spec
 from ..distributed import init_distributed
 from ..evaluate import evaluate
 from ..plots import plot_metrics
-from .config import Config, effective_batch, scaled_lr
-from .loop import LoopConfig, LoopState, Task, amp_dtype, resolve_device, run, seed_everything
-from .optim import LRSchedule
+from .config import Config, ConfigError
+from .loop import LoopState, Task, amp_dtype, recipe_loop_config, resolve_device, run, seed_everything
 
 
 @dataclass
@@ -164,39 +162,15 @@ class ClassificationTask(Task):
 
 
 def build_model(cfg: Config, num_classes: int, in_chans: int) -> nn.Module:
-    """The recipe's model, optimized; from `model.init` when fine-tuning (a training checkpoint or weights in any
-    layout; the head is re-initialised with `head_init_scale` when the number of classes differs)."""
+    """The recipe's model, optimized; from `model.init` when fine-tuning: a training checkpoint, an FCMAE
+    encoder, a release tag or weights in any layout (the head is re-initialised with `head_init_scale` when the
+    number of classes differs)."""
     m = cfg.model
     kwargs: dict[str, Any] = dict(num_classes=m.num_classes or num_classes, in_chans=m.in_chans or in_chans,
                                   drop_path_rate=m.drop_path_rate, head_init_scale=m.head_init_scale, **m.kwargs)
     if m.layer_scale_init_value is not None:
         kwargs["layer_scale_init_value"] = m.layer_scale_init_value
-    if m.init and Path(m.init).suffix == ".pt":
-        model = create_model(m.name, **kwargs)
-        state = load_checkpoint(m.init)["model"]
-        own = model.state_dict()
-        for k in [k for k in state if k.startswith("head.") and k in own and state[k].shape != own[k].shape]:
-            del state[k]  # a new task: keep the fresh head, as create_model(pretrained=...) does
-        missing, unexpected = model.load_state_dict(state, strict=False)
-        if unexpected or [k for k in missing if not k.startswith("head.")]:
-            raise ValueError(f"{m.init} does not fit {m.name}: missing {missing[:5]}, unexpected {unexpected[:5]}")
-        return model
     return create_model(m.name, pretrained=m.init or False, **kwargs)
-
-
-def loop_config(cfg: Config, world_size: int) -> LoopConfig:
-    """The loop settings a recipe describes."""
-    o, r = cfg.optim, cfg.run
-    return LoopConfig(
-        run_dir=str(Path(r.out_dir) / (r.name or cfg.recipe)), batch_size=o.batch_size, lr=scaled_lr(cfg, world_size),
-        epochs=o.epochs, max_steps=r.max_steps, accum_steps=o.accum_steps,
-        schedule=LRSchedule("cosine", min_lr=o.min_lr),  # warmup_steps: set by `train`, which knows the epoch size
-        weight_decay=o.weight_decay, betas=o.betas, eps=o.eps, layer_decay=o.layer_decay, clip_grad=o.clip_grad,
-        ema=r.ema, ema_decay=r.ema_decay, amp=r.amp, device=r.device, strategy=r.strategy,
-        channels_last=r.channels_last, compile=r.compile, deterministic=r.deterministic, threads=r.threads,
-        seed=r.seed, workers=cfg.data.num_workers, eval_every_epochs=r.eval_every, ckpt_every=r.ckpt_every_steps or 0,
-        ckpt_each_epoch=True, keep_last=r.keep_last, resume=r.resume, max_bad_images=cfg.data.max_bad_images,
-        progress=r.progress, tensorboard=r.tensorboard, plots=r.plots, record=cfg.to_dict())
 
 
 def train(cfg: Config, model: nn.Module | None = None, train_set=None, val_set=None, num_classes: int | None = None,
@@ -207,6 +181,8 @@ def train(cfg: Config, model: nn.Module | None = None, train_set=None, val_set=N
     needs `layer_group`/`num_layer_groups`) and/or `train_set`/`val_set` (map-style data sets of
     `(image_tensor, label)`) to train something else with the same loop. `callbacks` run after every step.
     """
+    if cfg.task != "classification":
+        raise ConfigError(f"{cfg.recipe} is a {cfg.task} recipe: run it with `convnext pretrain`")
     device = resolve_device(cfg.run.device)
     info = init_distributed(device.type)
     seed_everything(cfg.run.seed)  # the model's initial weights: the same in every process and every run
@@ -225,10 +201,7 @@ def train(cfg: Config, model: nn.Module | None = None, train_set=None, val_set=N
     if getattr(model, "config", None):
         meta["model_config"] = dict(model.config)
     task = ClassificationTask(model, train_set, val_set, num_classes, cfg, device, meta, test_set)
-    loop = loop_config(cfg, info.world_size)
-    steps_per_epoch = len(train_set) // (cfg.optim.batch_size * info.world_size) // cfg.optim.accum_steps
-    loop.schedule = LRSchedule("cosine", warmup_steps=round(cfg.optim.warmup_epochs * steps_per_epoch),
-                               min_lr=cfg.optim.min_lr)
+    loop = recipe_loop_config(cfg, info.world_size, len(train_set))
     return TrainResult(**run(task, loop, callbacks))
 
 
@@ -242,4 +215,4 @@ def _mixup(cfg: Config, num_classes: int):
                  num_classes=num_classes)
 
 
-__all__ = ["ClassificationTask", "TrainResult", "build_model", "effective_batch", "loop_config", "train"]
+__all__ = ["ClassificationTask", "TrainResult", "build_model", "train"]

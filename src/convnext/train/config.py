@@ -41,9 +41,9 @@ class ModelConfig:
 class DataConfig:
     """Where the images come from and how they are augmented."""
 
-    dataset: str = "imagefolder"  # "imagefolder" (root/train, root/val) or "fashion_mnist"
+    dataset: str = "imagefolder"  # "imagefolder" (root/train, root/val), "fashion_mnist", "wds" (tar shards), "hf"
     root: str = ""
-    train_split: str = "train"
+    train_split: str = "train"  # wds: also a shard pattern, e.g. "train-{000000..001023}.tar"
     val_split: str = "val"  # image folder: a sub-folder; Fashion-MNIST: "val" (held out of train), "test", "train"
     test_split: str | None = None  # image folder: a sub-folder evaluated once at the end (Fashion-MNIST: its test set)
     val_size: int = 5000  # Fashion-MNIST: training images held out for validation (500 per class; 0: none)
@@ -55,6 +55,7 @@ class DataConfig:
     reprob: float = 0.25  # random erasing probability
     remode: str = "pixel"
     hflip: float = 0.5
+    scale: tuple[float, float] | None = None  # random resized crop's area range; None: timm's (0.08, 1.0)
     crop_padding: int = 2  # small-image datasets: random crop after zero padding by this many pixels
     mixup: float = 0.8
     cutmix: float = 1.0
@@ -83,6 +84,8 @@ class OptimConfig:
     warmup_epochs: float = 20
     min_lr: float = 1e-6
     layer_decay: float | None = None  # layer-wise lr decay (fine-tuning), e.g. 0.8
+    layer_decay_type: str = "group"  # "group" (ConvNeXt's official scheme) or "single" (one group per block: V2)
+    no_weight_decay: list[str] = field(default_factory=list)  # fnmatch patterns beyond 1-D params (V2: GRN)
     clip_grad: float | None = None
 
 
@@ -113,27 +116,41 @@ class RunConfig:
 
 
 @dataclass
+class FCMAEConfig:
+    """ConvNeXt V2's masked autoencoder pretraining (`task: fcmae`; convnext.pretrain.FCMAE): the paper's values."""
+
+    mask_ratio: float = 0.6
+    decoder_depth: int = 1
+    decoder_embed_dim: int = 512
+    norm_pix_loss: bool = True
+
+
+@dataclass
 class Config:
     """A full training configuration."""
 
     recipe: str = "custom"
+    task: str = "classification"  # or "fcmae" (masked pretraining, `convnext pretrain`)
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     run: RunConfig = field(default_factory=RunConfig)
+    fcmae: FCMAEConfig = field(default_factory=FCMAEConfig)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain dict (lists, numbers, strings) for YAML/JSON and for `torch.load(weights_only=True)`."""
         return _plain(asdict(self))
 
 
-SECTIONS = {"model": ModelConfig, "data": DataConfig, "optim": OptimConfig, "run": RunConfig}
+SECTIONS = {"model": ModelConfig, "data": DataConfig, "optim": OptimConfig, "run": RunConfig, "fcmae": FCMAEConfig}
+TASKS = ("classification", "fcmae")
 CHOICES = {
-    ("data", "dataset"): ("imagefolder", "fashion_mnist"),
+    ("data", "dataset"): ("imagefolder", "fashion_mnist", "wds", "hf"),
     ("data", "bad_images"): ("skip", "stop"),
     ("run", "device"): ("auto", "cpu", "cuda"),
     ("run", "amp"): ("auto", "bf16", "fp16", "none"),
     ("run", "strategy"): ("ddp", "fsdp"),
+    ("optim", "layer_decay_type"): ("group", "single"),
 }
 
 
@@ -186,7 +203,7 @@ def _read_recipe(name_or_file: str, seen: tuple[str, ...] = ()) -> dict[str, Any
 
 
 def _valid_keys() -> list[str]:
-    return [f"{s}.{f.name}" for s, cls in SECTIONS.items() for f in fields(cls)]
+    return ["task", *(f"{s}.{f.name}" for s, cls in SECTIONS.items() for f in fields(cls))]
 
 
 def _unknown(key: str) -> ConfigError:
@@ -196,8 +213,9 @@ def _unknown(key: str) -> ConfigError:
 
 
 # (name in the type hint, accepted Python types, how to say it); bool is checked apart, as it is also an int.
-_KINDS = (("tuple", (list, tuple), "a list"), ("dict", (dict,), "a mapping"), ("bool", (bool,), "true or false"),
-          ("float", (int, float), "a number"), ("int", (int,), "an integer"), ("str", (str,), "a string"))
+_KINDS = (("list", (list, tuple), "a list"), ("tuple", (list, tuple), "a list"), ("dict", (dict,), "a mapping"),
+          ("bool", (bool,), "true or false"), ("float", (int, float), "a number"), ("int", (int,), "an integer"),
+          ("str", (str,), "a string"))
 
 
 def _coerce(key: str, value: Any, hint: Any) -> Any:
@@ -216,6 +234,8 @@ def _coerce(key: str, value: Any, hint: Any) -> Any:
         if name in text:
             if not isinstance(value, types) or (name != "bool" and isinstance(value, bool)):
                 raise ConfigError(f"{key} must be {say}, got {value!r}")
+            if name == "list":
+                return list(value)
             if name == "tuple":
                 return tuple(float(v) for v in value)
             return float(value) if name == "float" else value
@@ -225,6 +245,11 @@ def _coerce(key: str, value: Any, hint: Any) -> Any:
 def _apply(cfg: Config, section: str, values: dict[str, Any]) -> None:
     if section == "recipe":
         cfg.recipe = str(values)
+        return
+    if section == "task":
+        if values not in TASKS:
+            raise ConfigError(f"task must be one of {', '.join(TASKS)}; got {values!r}")
+        cfg.task = values
         return
     if section not in SECTIONS:
         raise _unknown(section)
@@ -263,6 +288,9 @@ def load_config(recipe: str, overrides: list[str] | None = None) -> Config:
         if parts[0] in SECTIONS and len(parts) > 2 and parts[1] == "kwargs":
             cfg.model.kwargs[".".join(parts[2:])] = value
             continue
+        if parts == ["task"]:
+            _apply(cfg, "task", value)
+            continue
         if len(parts) != 2:
             raise _unknown(key)
         _apply(cfg, parts[0], {parts[1]: value})
@@ -273,6 +301,7 @@ def load_config(recipe: str, overrides: list[str] | None = None) -> Config:
 def from_dict(d: dict[str, Any]) -> Config:
     """Rebuild a Config from `Config.to_dict()` (e.g. the one stored in a checkpoint)."""
     cfg = Config(recipe=d.get("recipe", "custom"))
+    _apply(cfg, "task", d.get("task", "classification"))
     for section in SECTIONS:
         _apply(cfg, section, d.get(section, {}))
     return cfg

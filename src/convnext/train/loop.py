@@ -28,7 +28,7 @@ from .. import fast
 from ..checkpoints.io import load_checkpoint
 from ..data.datasets import DataError, SeededDataset
 from ..distributed import DistInfo, ResumableSampler, cleanup, init_distributed
-from .config import dump_yaml
+from .config import Config, dump_yaml, scaled_lr
 from .optim import LRSchedule, build_ema, build_optimizer, lr_at, set_lr
 from .state import CheckpointManager, capture_rng, restore_rng
 
@@ -100,6 +100,8 @@ class LoopConfig:
     betas: tuple[float, float] = (0.9, 0.999)
     eps: float = 1e-8
     layer_decay: float | None = None
+    layer_decay_type: str = "group"
+    no_weight_decay: tuple[str, ...] = ()
     clip_grad: float | None = None
     ema: bool = False
     ema_decay: float = 0.9999
@@ -140,6 +142,23 @@ class LoopState:
     @property
     def epoch(self) -> int:
         return self.global_step // self.steps_per_epoch
+
+
+def recipe_loop_config(cfg: Config, world_size: int, train_size: int) -> LoopConfig:
+    """The loop settings a recipe describes, for `train_size` training samples over `world_size` processes."""
+    o, r = cfg.optim, cfg.run
+    steps_per_epoch = train_size // (o.batch_size * world_size) // o.accum_steps
+    return LoopConfig(
+        run_dir=str(Path(r.out_dir) / (r.name or cfg.recipe)), batch_size=o.batch_size, lr=scaled_lr(cfg, world_size),
+        epochs=o.epochs, max_steps=r.max_steps, accum_steps=o.accum_steps,
+        schedule=LRSchedule("cosine", warmup_steps=round(o.warmup_epochs * steps_per_epoch), min_lr=o.min_lr),
+        weight_decay=o.weight_decay, betas=o.betas, eps=o.eps, layer_decay=o.layer_decay,
+        layer_decay_type=o.layer_decay_type, no_weight_decay=tuple(o.no_weight_decay), clip_grad=o.clip_grad,
+        ema=r.ema, ema_decay=r.ema_decay, amp=r.amp, device=r.device, strategy=r.strategy,
+        channels_last=r.channels_last, compile=r.compile, deterministic=r.deterministic, threads=r.threads,
+        seed=r.seed, workers=cfg.data.num_workers, eval_every_epochs=r.eval_every, ckpt_every=r.ckpt_every_steps or 0,
+        ckpt_each_epoch=True, keep_last=r.keep_last, resume=r.resume, max_bad_images=cfg.data.max_bad_images,
+        progress=r.progress, tensorboard=r.tensorboard, plots=r.plots, record=cfg.to_dict())
 
 
 def resolve_device(name: str) -> torch.device:
@@ -218,7 +237,8 @@ def run(task: Task, cfg: LoopConfig, callbacks: Sequence[Callable[[LoopState], N
     if cfg.sync_batchnorm and info.distributed and device.type == "cuda":  # SyncBatchNorm is CUDA-only
         raw = nn.SyncBatchNorm.convert_sync_batchnorm(raw)
     model = _wrap_distributed(raw, cfg.strategy, device) if info.distributed else raw
-    optimizer = build_optimizer(raw, cfg.lr, cfg.weight_decay, cfg.betas, cfg.eps, cfg.layer_decay)
+    optimizer = build_optimizer(raw, cfg.lr, cfg.weight_decay, cfg.betas, cfg.eps, cfg.layer_decay,
+                                cfg.layer_decay_type, cfg.no_weight_decay)
     ema = build_ema(raw, cfg.ema_decay) if cfg.ema else None
     dtype = amp_dtype(cfg.amp, device)
     scaler = torch.amp.GradScaler("cuda") if dtype == torch.float16 else None

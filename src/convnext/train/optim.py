@@ -3,31 +3,48 @@ per-iteration warmup + cosine schedule, and the EMA of weights."""
 
 from __future__ import annotations
 
+import functools
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
+from fnmatch import fnmatch
 
 import torch
 from timm.utils import ModelEmaV3
 from torch import nn
 
 
-def param_groups(model: nn.Module, weight_decay: float, layer_decay: float | None = None) -> list[dict]:
+def param_groups(model: nn.Module, weight_decay: float, layer_decay: float | None = None,
+                 layer_decay_type: str = "group", no_weight_decay: Sequence[str] = ()) -> list[dict]:
     """Parameter groups for AdamW, each with an `lr_scale` that the schedule multiplies the lr by.
 
-    Biases and 1-D parameters (norms, layer-scale `gamma`) get no weight decay, as in the paper. With
-    `layer_decay`, a parameter in layer group g (`model.layer_group(name)`, 0 = stem .. L + 1 = head, where
-    L = `model.num_layer_groups`) has its lr scaled by layer_decay ** (L + 1 - g): the head keeps the full lr.
+    Biases and 1-D parameters (norms, layer-scale `gamma`) get no weight decay, as in the paper, nor do the
+    parameters whose names match a `no_weight_decay` pattern (fnmatch; ConvNeXt V2 fine-tuning: "*.gamma",
+    "*.beta" for GRN's (1, 1, 1, C) parameters). With `layer_decay`, a parameter in layer group g
+    (`model.layer_group(name, layer_decay_type)`, 0 = stem .. L + 1 = head, L its number of groups) has its lr
+    scaled by layer_decay ** (L + 1 - g): the head keeps the full lr. `layer_decay_type` "group" is ConvNeXt's
+    official scheme, "single" one group per block (ConvNeXt V2's).
     """
     groups: dict[tuple[int, bool], dict] = {}
-    num = getattr(model, "num_layer_groups", None)
-    if layer_decay is not None and num is None:
-        raise ValueError(f"layer_decay needs a model with layer_group()/num_layer_groups; "
-                         f"{type(model).__name__} has none")
+    num = None
+    if layer_decay is not None:
+        if not hasattr(model, "layer_group"):
+            raise ValueError(f"layer_decay needs a model with layer_group()/num_layer_groups; "
+                             f"{type(model).__name__} has none")
+        if layer_decay_type == "group":
+            num = model.num_layer_groups
+            group_of = model.layer_group
+        elif hasattr(model, "count_layer_groups"):
+            num = model.count_layer_groups(layer_decay_type)
+            group_of = functools.partial(model.layer_group, scheme=layer_decay_type)
+        else:
+            raise ValueError(f"{type(model).__name__} has only the 'group' layer-decay scheme, not "
+                             f"{layer_decay_type!r}")
     for name, p in model.named_parameters():
         if not p.requires_grad:
             continue
-        decay = not (p.ndim <= 1 or name.endswith(".bias"))
-        g = model.layer_group(name) if layer_decay is not None else 0
+        decay = not (p.ndim <= 1 or name.endswith(".bias") or any(fnmatch(name, pat) for pat in no_weight_decay))
+        g = group_of(name) if layer_decay is not None else 0
         key = (g, decay)
         if key not in groups:
             scale = layer_decay ** (num + 1 - g) if layer_decay is not None else 1.0
@@ -39,9 +56,10 @@ def param_groups(model: nn.Module, weight_decay: float, layer_decay: float | Non
 
 
 def build_optimizer(model: nn.Module, lr: float, weight_decay: float, betas: tuple[float, float] = (0.9, 0.999),
-                    eps: float = 1e-8, layer_decay: float | None = None) -> torch.optim.AdamW:
+                    eps: float = 1e-8, layer_decay: float | None = None, layer_decay_type: str = "group",
+                    no_weight_decay: Sequence[str] = ()) -> torch.optim.AdamW:
     """AdamW over `param_groups(model, ...)`; the groups keep their `names` for inspection."""
-    groups = param_groups(model, weight_decay, layer_decay)
+    groups = param_groups(model, weight_decay, layer_decay, layer_decay_type, no_weight_decay)
     for g in groups:
         g["lr"] = lr * g["lr_scale"]
     params = [p for g in groups for p in g["params"]]
