@@ -133,8 +133,8 @@ def render_record(record: dict[str, Any]) -> str:
         f"### {record['date']}, commit {record.get('commit') or 'not recorded'}"
         + (" (quick smoke run)" if record.get("quick") else ""), "",
         f"- command: `{record['command']}`" + (f"; {record['minutes']} min" if record.get("minutes") else ""),
-        f"- CPU: {cpu['name']}, {cpu.get('cores', '?')} cores, ATen ISA {cpu.get('isa', '?')}, bf16 "
-        f"{cpu.get('bf16', 'not recorded')}; {record.get('threads', '?')} threads; allocator: "
+        f"- CPU: {cpu['name']}, {cpu.get('cores', '?')} cores, ATen ISA {cpu.get('isa') or 'not recorded'}, bf16 "
+        f"{cpu.get('bf16') or 'not recorded'}; {record.get('threads', '?')} threads; allocator: "
         f"{record.get('allocator', 'not recorded')}",
         f"- load average (1/5/15 min) before: {_load(record.get('load_avg_before'))}; after: "
         f"{_load(record.get('load_avg_after'))}",

@@ -4,10 +4,11 @@ glibc serves every block over its mmap threshold (at most 32 MB) with a fresh `m
 ConvNeXt's activations are far larger (stage 0 of ConvNeXt-T at batch 32: 154 MB for one 4C-wide tensor), so
 each training step maps, page-faults and zeroes gigabytes anew, and at two threads the page faults serialise
 on the kernel's memory-map lock. With mmap off and heap trimming off, freed blocks are reused: a ConvNeXt-T
-fp32 training step on a 2-core Xeon with AMX went from 8.31 to 10.19 img/s (timm's from 5.95 to 8.61; one
-run_all run, benchmarks/RESULTS.md). The cost: the process keeps its peak heap for its lifetime, as PyTorch's
-CUDA caching allocator does on GPUs. Where another allocator is preloaded (jemalloc, tcmalloc, mimalloc), it
-manages memory instead of glibc and there is nothing to tune.
+fp32 training step at batch 32 on a 2-core Intel Xeon, 2 threads, went from 8.31 to 10.19 img/s, and timm's
+from 5.95 to 8.61 (one process, every model untuned then tuned: benchmarks/results/history.jsonl, the run
+recorded at commit bbb2790, 2026-11-24; benchmarks/RESULTS.md). The cost: the process keeps its peak heap for
+its lifetime, as PyTorch's CUDA caching allocator does on GPUs. Where another allocator is preloaded (jemalloc,
+tcmalloc, mimalloc), it manages memory instead of glibc and there is nothing to tune.
 """
 
 from __future__ import annotations
