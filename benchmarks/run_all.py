@@ -38,6 +38,7 @@ sys.path.insert(0, str(HERE.parent / "src"))
 
 from convnext import fast  # noqa: E402
 from convnext.benchmark import (  # noqa: E402
+    env_load,
     format_summary,
     format_table,
     load_averages,
@@ -220,8 +221,15 @@ def main(argv: list[str] | None = None) -> int:
     command = "python benchmarks/run_all.py" + " ".join(
         [""] + (["--quick"] if args.quick else []) + ([f"--threads {args.threads}"] if args.threads != 2 else [])
         + ([f"--reps {args.reps}"] if args.reps != 3 else []))
-    record = make_record(infer, train, command=command, note=args.note, quick=args.quick, load_before=load_before,
-                         load_after=load_averages(), seconds=time.time() - start)
+    load_after = load_averages()
+    note = args.note
+    # This run's own threads keep the load near --threads: more than that means other jobs shared the cores.
+    busiest = max([v[0] for v in (load_before, load_after) if v] + [env_load() or 0.0])
+    if busiest > args.threads + 0.5:
+        note = "; ".join(filter(None, [note, f"busy machine: 1-minute load average up to {busiest:.1f} on "
+                                             f"{os.cpu_count()} cores (other jobs shared them)"]))
+    record = make_record(infer, train, command=command, note=note, quick=args.quick, load_before=load_before,
+                         load_after=load_after, seconds=time.time() - start)
     append_record(record, history)
     print(render_record(record))
     print(f"appended to {history}; wrote {write_results(read_history(history), results_md, args.quick)}")
