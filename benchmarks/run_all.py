@@ -91,6 +91,7 @@ def make_record(infer: dict[str, Any], train: dict[str, Any], *, command: str, n
         "kernels": {**env.get("ours_paths", {}), **train["env"].get("ours_paths", {})},
         "engines": {**env.get("engines", {}), **train["env"].get("engines", {})},
         "protocol": {k: env[k] for k in ("warmup", "reps", "latency_reps", "grad_mode")},
+        "load_during": {**env.get("load_during", {}), **train["env"].get("load_during", {})},
         "results": infer["results"] + train["results"],
         "failures": infer["failures"] + train["failures"],
     }
@@ -138,7 +139,9 @@ def render_record(record: dict[str, Any]) -> str:
         f"{cpu.get('bf16') or 'not recorded'}; {record.get('threads', '?')} threads; allocator: "
         f"{record.get('allocator', 'not recorded')}",
         f"- load average (1/5/15 min) before: {_load(record.get('load_avg_before'))}; after: "
-        f"{_load(record.get('load_avg_after'))}",
+        f"{_load(record.get('load_avg_after'))}" + (
+            "; 1-min as each group started: " + ", ".join(f"{v:.1f}" for v in record["load_during"].values())
+            if record.get("load_during") else ""),
         f"- matmul peak (square n=4096): {peaks or 'not recorded'}",
         f"- versions: {versions or 'not recorded'}",
     ]
@@ -224,7 +227,8 @@ def main(argv: list[str] | None = None) -> int:
     load_after = load_averages()
     note = args.note
     # This run's own threads keep the load near --threads: more than that means other jobs shared the cores.
-    busiest = max([v[0] for v in (load_before, load_after) if v] + [env_load() or 0.0])
+    during = [v for r in (infer, train) for v in r["env"].get("load_during", {}).values() if v is not None]
+    busiest = max([v[0] for v in (load_before, load_after) if v] + during + [env_load() or 0.0])
     if busiest > args.threads + 0.5:
         note = "; ".join(filter(None, [note, f"busy machine: 1-minute load average up to {busiest:.1f} on "
                                              f"{os.cpu_count()} cores (other jobs shared them)"]))

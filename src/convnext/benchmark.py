@@ -665,6 +665,8 @@ def run(models: list[str], modes: list[str], precisions: list[str], batch_size: 
                     paths[f"{mode} {precision}"] = fast.describe("train" if mode == "train" else "inference", dev,
                                                                  _DTYPES[precision])
                 for batch, n in batches:
+                    # the 1-minute load as each group starts: a busy moment in the middle shows in the record
+                    env.setdefault("load_during", {})[f"{mode} {precision} batch {batch}"] = env_load()
                     log(f"{mode} {precision} batch {batch}: {len(subjects)} models x ({warmup} warm-up + {n} timed)")
                     if batch == batch_size and f"{mode} {precision}" in paths:
                         log(f"  ours: {paths[f'{mode} {precision}']}")
