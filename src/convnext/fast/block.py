@@ -26,8 +26,9 @@ from ..models.layers import Block, BlockV2
 from .dwconv import depthwise_conv
 from .mlp import onednn_fusion, pointwise_mlp
 
-# Pixels per tile of the fused inference MLP: a tile's 4C-wide hidden activation stays in cache between the two
-# matmuls instead of a round trip to memory (10-20% faster per block on ConvNeXt-T's stages 0-2, docs/speed.md).
+# Pixels per tile of the fused inference MLP: a tile's 4C-wide hidden activation can stay in cache between the two
+# matmuls instead of a round trip to memory. On an AMD EPYC a stage-0 block of ConvNeXt-T ran as fast in tiles as
+# whole (benchmarks/kernels.md); the Xeon A/B that chose tiles was not recorded (docs/speed.md).
 TILE_ROWS = 2048
 
 
@@ -45,8 +46,8 @@ class FastBlock(Block):
 
     def _forward_training(self, x: torch.Tensor) -> torch.Tensor:
         if torch.is_autocast_enabled("cpu"):
-            # oneDNN's bf16 depthwise conv forward+backward took 1.4x the time of the whole fp32 one on a CPU with
-            # AMX (docs/speed.md), and the depthwise conv is under 5% of the FLOPs: it stays fp32 under autocast.
+            # PyTorch's bf16 depthwise conv forward+backward is no faster than the fp32 one (benchmarks/kernels.md,
+            # AMD EPYC), and it is 2.4% of ConvNeXt-T's MACs: it stays fp32 under autocast.
             with torch.autocast("cpu", enabled=False):
                 y = depthwise_conv(x.float(), self.dwconv)
         else:
@@ -222,8 +223,9 @@ class FrozenBlock(nn.Module):
             self.w1, self.b1, self.w2, self.b2 = (t.to(dtype).contiguous() for t in (w1, b1, w2, b2))
             self.packed = dtype == torch.float32 and onednn_fusion(self.w1)
             if self.packed:
-                # oneDNN's own blocked layout, made once instead of inside every fp32 GEMM: 5-6% faster ConvNeXt-T
-                # inference (bf16 gained nothing, docs/speed.md). Opaque tensors that only oneDNN's Linear reads.
+                # oneDNN's own blocked layout, made once instead of inside every fp32 GEMM: a stage-0 block 11%
+                # faster on an AMD EPYC at 2 threads (benchmarks/kernels.md). bf16 weights are left plain (no
+                # recorded gain). Opaque tensors that only oneDNN's Linear reads.
                 self.w1 = torch.ops.mkldnn._reorder_linear_weight(self.w1, TILE_ROWS)
                 self.w2 = torch.ops.mkldnn._reorder_linear_weight(self.w2, TILE_ROWS)
 

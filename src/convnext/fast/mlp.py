@@ -1,12 +1,12 @@
 """The block's pointwise MLP (pwconv1 -> GELU -> pwconv2, + shortcut) for training on CPU, through oneDNN.
 
-Autograd's Linear runs `addmm`, whose GEMM is slow for the thin matrices of ConvNeXt's early stages: at stage 0
-of ConvNeXt-T (batch 32, C = 96) pwconv1's forward took 58 ms as `addmm` and 24 ms as oneDNN's matmul, on 2
-threads (docs/speed.md). `pointwise_mlp` runs the forward pass through oneDNN (`torch.ops.mkldnn.
-_linear_pointwise`, with the residual add fused into pwconv2 when there is no drop path) and writes the
-backward pass by hand: the GEMMs autograd would run, the weight gradients in their faster orientation
-(x^T dh: 26 ms against 32 ms for dh^T x at stage 0), GELU's gradient written over `dy @ w2` instead of a new
-4C-wide tensor, and only the gradients that are needed.
+Autograd's Linear runs `addmm`, whose GEMM is slower for the thin matrices of ConvNeXt's early stages: at stage 0
+of ConvNeXt-T (batch 32, C = 96) pwconv1's forward took 45.6 ms as `addmm` and 39.6 ms as oneDNN's matmul on an
+AMD EPYC at 2 threads (benchmarks/kernels.md). `pointwise_mlp` runs the forward pass through oneDNN
+(`torch.ops.mkldnn._linear_pointwise`, with the residual add fused into pwconv2 when there is no drop path) and
+writes the backward pass by hand: the GEMMs autograd would run, pwconv1's weight gradient as (x^T dh)^T (chosen
+on a Xeon without a recorded A/B; on the AMD EPYC dh^T x is faster, 47.2 against 60.6 ms: docs/speed.md), GELU's
+gradient written over `dy @ w2` instead of a new 4C-wide tensor, and only the gradients that are needed.
 """
 
 from __future__ import annotations
