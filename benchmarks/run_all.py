@@ -133,7 +133,8 @@ def render_record(record: dict[str, Any]) -> str:
     peaks = ", ".join(f"{k} {v:.0f} GFLOP/s" for k, v in record.get("peaks_gflops", {}).items())
     lines = [
         f"### {record['date']}, commit {record.get('commit') or 'not recorded'}"
-        + (" (quick smoke run)" if record.get("quick") else ""), "",
+        + (" (quick smoke run)" if record.get("quick") else "")
+        + (f" (imported; {record.get('allocator')})" if record.get("imported") else ""), "",
         f"- command: `{record['command']}`" + (f"; {record['minutes']} min" if record.get("minutes") else ""),
         f"- CPU: {cpu['name']}, {cpu.get('cores', '?')} cores, ATen ISA {cpu.get('isa') or 'not recorded'}, bf16 "
         f"{cpu.get('bf16') or 'not recorded'}; {record.get('threads', '?')} threads; allocator: "
