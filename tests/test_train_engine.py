@@ -22,7 +22,8 @@ from convnext.train.state import CheckpointManager
 TINY = ["model.kwargs.dims=[8,16,32]", "model.kwargs.depths=[1,1,1]", "data.limit_train=192",
         "data.limit_val=128", "optim.batch_size=32", "optim.reference_batch=32", "optim.lr=4e-3",
         "optim.warmup_epochs=0.5", "run.progress=false", "run.tensorboard=false", "run.plots=false",
-        "run.threads=1", "data.num_workers=0", "run.deterministic=true"]
+        "run.threads=1", "data.num_workers=0", "run.deterministic=true",
+        "run.amp=none"]  # fp32 on every CPU (amp=auto trains in bf16 where the CPU has it): exact comparisons
 
 
 @pytest.fixture(autouse=True)

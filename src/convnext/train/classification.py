@@ -30,7 +30,7 @@ from ..distributed import init_distributed
 from ..evaluate import evaluate
 from ..plots import plot_metrics
 from .config import Config, ConfigError
-from .loop import LoopState, Task, amp_dtype, recipe_loop_config, resolve_device, run, seed_everything
+from .loop import LoopState, Task, recipe_loop_config, resolve_device, run, seed_everything
 
 
 @dataclass
@@ -80,7 +80,7 @@ class TrainResult:
 
 class ClassificationTask(Task):
     """Cross-entropy (soft targets under Mixup/CutMix, label smoothing otherwise) and top-1/top-5 on the
-    validation set, each rank evaluating its shard."""
+    validation set (and once, at the end, on the test set), each rank evaluating its shard, in fp32."""
 
     name = "classification"
     metric = "top1"
@@ -97,7 +97,6 @@ class ClassificationTask(Task):
             self.criterion: nn.Module = SoftTargetCrossEntropy()  # Mixup's soft targets carry the smoothing
         else:
             self.criterion = nn.CrossEntropyLoss(label_smoothing=cfg.data.label_smoothing)
-        self.amp = amp_dtype(cfg.run.amp, device)
         info = init_distributed(device.type)
         if info.distributed and cfg.run.strategy == "fsdp" and len(val_set) % info.world_size:
             # FSDP's forward is a collective: every rank must run the same number of evaluation batches.
@@ -129,13 +128,14 @@ class ClassificationTask(Task):
         return {"loss": self.criterion(model(x), y)}
 
     def evaluate(self, model: nn.Module) -> dict[str, Any]:
-        m = evaluate(model, self.val_loader, self.device, self.amp, channels_last=self.channels_last)
+        # in fp32 whatever the training precision, as `convnext eval` does: figures compare across CPUs and runs
+        m = evaluate(model, self.val_loader, self.device, channels_last=self.channels_last)
         return {"top1": m["top1"], "top5": m["top5"], "val_loss": m["loss"]}
 
     def test(self, model: nn.Module) -> dict[str, Any]:
         if self.test_loader is None:
             return {}
-        m = evaluate(model, self.test_loader, self.device, self.amp, channels_last=self.channels_last)
+        m = evaluate(model, self.test_loader, self.device, channels_last=self.channels_last)
         return {"top1": m["top1"], "top5": m["top5"], "loss": m["loss"]}
 
     def checkpoint_meta(self) -> dict[str, Any]:

@@ -392,7 +392,6 @@ def run(task: Task, cfg: LoopConfig, callbacks: Sequence[Callable[[LoopState], N
             if not last_micro:
                 continue
             # ---- optimizer step ----
-            t_step = time.time()
             if cfg.clip_grad:
                 if scaler:
                     scaler.unscale_(optimizer)
@@ -408,7 +407,6 @@ def run(task: Task, cfg: LoopConfig, callbacks: Sequence[Callable[[LoopState], N
             global_step += 1
             epoch_steps[0] += 1
             state.global_step = global_step
-            train_time += time.time() - t_step
             lr = lr_at(global_step - 1, total_steps, cfg.lr, cfg.schedule)
             if bar is not None:
                 rate = bar.format_dict.get("rate") or 0.0
@@ -432,6 +430,7 @@ def run(task: Task, cfg: LoopConfig, callbacks: Sequence[Callable[[LoopState], N
         if bar is not None:
             bar.close()
         epoch_time = time.time() - t_epoch
+        train_time += epoch_time  # the epochs' step loops; the end-of-epoch evaluations are not in it
         # ---- the end of an epoch (or of the run): evaluation and checkpoints ----
         done = global_step >= total_steps
         epoch_done = global_step % steps_per_epoch == 0
