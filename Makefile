@@ -1,5 +1,5 @@
 # Everything a fresh machine needs: Debian's Fashion-MNIST, a C++ compiler (the depthwise-gradient kernel,
-# src/convnext/models/dwconv.py), a virtualenv with torch from PyPI, the package.
+# src/convnext/fast/dwconv.py), a virtualenv with torch from PyPI, the package.
 VENV ?= .venv
 PY := $(VENV)/bin/python
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
@@ -43,5 +43,6 @@ test: setup
 lint: setup
 	$(VENV)/bin/ruff check src tests benchmarks
 
-bench: setup
+bench: setup  ## OpenVINO (the bench extra) is a peer there
+	$(PY) -m pip install -q -e ".[bench]"
 	$(PY) benchmarks/run_all.py

@@ -59,7 +59,7 @@ def main() -> int:
     extra = math.ceil(pretrain_s / epoch_s)
     scratch_long = train(f"convnextv2_fmnist from scratch, +{extra} epochs: the FCMAE pretraining's wall-clock",
                          "--out", str(out / "scratch_long"), *[f"--set={s}" for s in V2_SCRATCH],
-                         f"--set=optim.epochs={17 + extra}")
+                         f"--set=optim.epochs={round(scratch['epochs']) + extra}")
     v1 = None if args.skip_v1 else train("convnext_fmnist (V1), the default recipe, beside V2",
                                          "--out", str(out / "v1"))
     record = {
