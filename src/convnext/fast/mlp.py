@@ -4,8 +4,8 @@ Autograd's Linear runs `addmm`, whose GEMM is slower for the thin matrices of Co
 of ConvNeXt-T (batch 32, C = 96) pwconv1's forward took 45.6 ms as `addmm` and 39.6 ms as oneDNN's matmul on an
 AMD EPYC at 2 threads (benchmarks/kernels.md). `pointwise_mlp` runs the forward pass through oneDNN
 (`torch.ops.mkldnn._linear_pointwise`, with the residual add fused into pwconv2 when there is no drop path) and
-writes the backward pass by hand: the GEMMs autograd would run, pwconv1's weight gradient as (x^T dh)^T (chosen
-on a Xeon without a recorded A/B; on the AMD EPYC dh^T x is faster, 47.2 against 60.6 ms: docs/speed.md), GELU's
+writes the backward pass by hand: the GEMMs autograd would run, both weight gradients as dh^T x (on the AMD EPYC
+47.2 ms against 60.6 ms for the (x^T dh)^T used before, which a Xeon had chosen without a recorded A/B), GELU's
 gradient written over `dy @ w2` instead of a new 4C-wide tensor, and only the gradients that are needed.
 """
 
@@ -50,7 +50,7 @@ class _PointwiseMLP(torch.autograd.Function):
             # (154 MB at stage 0 of ConvNeXt-T, batch 32), which glibc would map and page-fault afresh (docs/speed.md)
             da = dy.mm(w2)
             dh = torch.ops.aten.gelu_backward.grad_input(da, h, grad_input=da)
-            dw1 = x.t().mm(dh).t() if need_w1 else None
+            dw1 = dh.t().mm(x) if need_w1 else None
             db1 = dh.sum(0) if need_b1 else None
             dx = dh.mm(w1) if need_x else None
         return dx, (dy if need_shortcut else None), dw1, db1, dw2, db2
