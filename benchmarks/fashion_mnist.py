@@ -26,7 +26,7 @@ from pathlib import Path
 import torch
 import yaml
 
-from convnext.benchmark import cpu_name
+from convnext.benchmark import cpu_name, load_averages
 from convnext.fast import capabilities
 
 HERE = Path(__file__).resolve().parent
@@ -47,7 +47,7 @@ def main() -> int:
         if args.recipe:
             cmd += ["--recipe", args.recipe]
         cmd += [f"--set={s}" for s in [*args.overrides, "run.progress=false"]]
-        load0 = os.getloadavg()
+        load0 = load_averages()
         t0 = time.time()
         r = subprocess.run(cmd, text=True)
         wall = time.time() - t0
@@ -73,7 +73,7 @@ def main() -> int:
             "val_top1_per_epoch": [round(e["top1"], 2) for e in epochs],
             "val_ema_top1_per_epoch": [round(e.get("ema_top1", 0.0), 2) for e in epochs],
             "amp": config["resolved"]["amp"], "fast_path": config["resolved"]["fast_path"],
-            "loadavg_start": [round(x, 2) for x in load0], "loadavg_end": [round(x, 2) for x in os.getloadavg()],
+            "loadavg_start": load0, "loadavg_end": load_averages(),
             "cpus": os.cpu_count(), "cpu": cpu_name(), "isa": torch.backends.cpu.get_cpu_capability(),
             "native_bf16": capabilities().native_bf16, "note": args.note,
         }

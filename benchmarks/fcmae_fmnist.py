@@ -24,7 +24,7 @@ import sys
 import time
 from pathlib import Path
 
-from convnext.benchmark import cpu_name
+from convnext.benchmark import cpu_name, load_averages
 from convnext.train.state import CheckpointManager
 
 HERE = Path(__file__).resolve().parent
@@ -47,7 +47,7 @@ def main() -> int:
     out = Path(args.out)
     env = {**os.environ, "PYTHONPATH": str(HERE.parent / "src")}
 
-    t0, load0 = time.time(), os.getloadavg()
+    t0, load0 = time.time(), load_averages()
     subprocess.run([sys.executable, "-m", "convnext", "pretrain", "--out", str(out), "--name", "pre",
                     "--set", "run.progress=false"], check=True, env=env)
     pretrain_s = time.time() - t0
@@ -67,8 +67,8 @@ def main() -> int:
                                          "--out", str(out / "v1"))
     record = {
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "cpu": cpu_name(), "cpus": os.cpu_count(),
-        "command": "PYTHONPATH=src python benchmarks/fcmae_fmnist.py", "loadavg_start": [round(x, 2) for x in load0],
-        "loadavg_end": [round(x, 2) for x in os.getloadavg()],
+        "command": "PYTHONPATH=src python benchmarks/fcmae_fmnist.py", "loadavg_start": load0,
+        "loadavg_end": load_averages(),
         "pretrain": {"command": "convnext pretrain", "wall_s": round(pretrain_s, 1), "steps": summary["steps"],
                      "final_val_loss": summary["final"].get("val_loss")},
         "runs": {name: {k: r[k] for k in ("command", "wall_s", "epochs", "val_top1", "val_ema_top1", "test_selected")}

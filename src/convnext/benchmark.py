@@ -687,7 +687,8 @@ def run(models: list[str], modes: list[str], precisions: list[str], batch_size: 
 
 def env_load() -> float | None:
     """The 1-minute load average, where the OS has one."""
-    return os.getloadavg()[0] if hasattr(os, "getloadavg") else None
+    loads = load_averages()
+    return loads[0] if loads else None
 
 
 def load_averages() -> list[float] | None:
