@@ -6,6 +6,8 @@ import pytest
 import torch
 
 from convnext.evaluate import evaluate, topk_correct
+from convnext.train.classification import ClassificationTask
+from convnext.train.config import load_config
 
 
 def test_topk_on_known_logits():
@@ -36,16 +38,21 @@ def test_evaluate_sums_over_batches():
     assert r["loss"] == pytest.approx(torch.nn.functional.cross_entropy(logits, targets).item(), rel=1e-5)
 
 
-def test_hflip_tta_scores_the_mean_of_image_and_mirror():
-    class LeftRight(torch.nn.Module):
-        # class 0 scores the left half's brightness, class 1 the right half's: the mirror swaps them
-        def forward(self, x):
-            w = x.shape[3] // 2
-            return torch.stack([x[..., :w].mean((1, 2, 3)), x[..., w:].mean((1, 2, 3)) + 0.1], 1) * 10
+class LeftRight(torch.nn.Module):
+    # class 0 scores the left half's brightness, class 1 the right half's: the mirror swaps them
+    def forward(self, x):
+        w = x.shape[3] // 2
+        return torch.stack([x[..., :w].mean((1, 2, 3)), x[..., w:].mean((1, 2, 3)) + 0.1], 1) * 10
 
+
+def _left_bright() -> tuple[torch.Tensor, torch.Tensor]:
     x = torch.zeros(4, 1, 2, 4)
     x[:2, ..., :2] = 1.0  # bright left: class 0 alone, class 1 (by the 0.1 bias) once mirrored and averaged
-    targets = torch.tensor([0, 0, 1, 1])
+    return x, torch.tensor([0, 0, 1, 1])
+
+
+def test_hflip_tta_scores_the_mean_of_image_and_mirror():
+    x, targets = _left_bright()
     plain = evaluate(LeftRight(), [(x, targets)])
     tta = evaluate(LeftRight(), [(x, targets)], tta="hflip")
     assert plain["top1"] == 100.0 and tta["top1"] == 50.0
@@ -65,6 +72,16 @@ def test_hflip_tta_scores_the_mean_of_image_and_mirror():
     # yet the loss stays finite (log-space mean)
     far = evaluate(Confident(), [(x[2:], torch.tensor([0, 0]))], tta="hflip")
     assert far["top1"] == 0.0 and far["loss"] == pytest.approx(1000.0, rel=1e-4)
+
+
+@pytest.mark.parametrize("tta, top1", [("none", 100.0), ("hflip", 50.0)])
+def test_a_recipes_tta_scores_validation_and_test_alike(tta, top1):
+    # run.tta is chosen on validation, so the test set must be scored the same way
+    x, targets = _left_bright()
+    images = torch.utils.data.TensorDataset(x, targets)
+    cfg = load_config("fashion_mnist", [f"run.tta={tta}", "data.num_workers=0"])
+    task = ClassificationTask(LeftRight(), images, images, 2, cfg, torch.device("cpu"), {}, test_set=images)
+    assert task.evaluate(task.model)["top1"] == top1 and task.test(task.model)["top1"] == top1
 
 
 TINY = ["--set", "model.kwargs.dims=[8,16,32]", "--set", "model.kwargs.depths=[1,1,1]",

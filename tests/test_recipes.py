@@ -83,6 +83,8 @@ def test_wrong_types_and_choices_are_errors():
         load_config("fashion_mnist", ["optim.epochs=1.5"])
     with pytest.raises(ConfigError, match="run.amp must be one of"):
         load_config("fashion_mnist", ["run.amp=fp8"])
+    with pytest.raises(ConfigError, match="run.tta must be one of none, hflip"):
+        load_config("fashion_mnist", ["run.tta=vflip"])
     with pytest.raises(ConfigError, match="data.reprob must be in"):
         load_config("fashion_mnist", ["data.reprob=2"])
 

@@ -129,13 +129,13 @@ class ClassificationTask(Task):
 
     def evaluate(self, model: nn.Module) -> dict[str, Any]:
         # in fp32 whatever the training precision, as `convnext eval` does: figures compare across CPUs and runs
-        m = evaluate(model, self.val_loader, self.device, channels_last=self.channels_last)
+        m = evaluate(model, self.val_loader, self.device, channels_last=self.channels_last, tta=self.cfg.run.tta)
         return {"top1": m["top1"], "top5": m["top5"], "val_loss": m["loss"]}
 
     def test(self, model: nn.Module) -> dict[str, Any]:
         if self.test_loader is None:
             return {}
-        m = evaluate(model, self.test_loader, self.device, channels_last=self.channels_last)
+        m = evaluate(model, self.test_loader, self.device, channels_last=self.channels_last, tta=self.cfg.run.tta)
         return {"top1": m["top1"], "top5": m["top5"], "loss": m["loss"]}
 
     def checkpoint_meta(self) -> dict[str, Any]:

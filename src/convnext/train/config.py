@@ -18,6 +18,8 @@ from typing import Any, get_type_hints
 
 import yaml
 
+from ..evaluate import TTA_MODES
+
 
 class ConfigError(ValueError):
     """A recipe or override that cannot be used: unknown key, wrong type, missing recipe."""
@@ -104,6 +106,7 @@ class RunConfig:
     ema: bool = True
     ema_decay: float = 0.9999
     eval_every: int = 1  # epochs
+    tta: str = "none"  # test-time augmentation of validation and test alike: "none" or "hflip" (convnext.evaluate)
     ckpt_every_steps: int | None = None  # also checkpoint mid-epoch every N optimizer steps
     keep_last: int = 2
     resume: str | None = None  # "auto", a checkpoint path, or None
@@ -150,6 +153,7 @@ CHOICES = {
     ("run", "device"): ("auto", "cpu", "cuda"),
     ("run", "amp"): ("auto", "bf16", "fp16", "none"),
     ("run", "strategy"): ("ddp", "fsdp"),
+    ("run", "tta"): TTA_MODES,
     ("optim", "layer_decay_type"): ("group", "single"),
 }
 
