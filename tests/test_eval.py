@@ -87,7 +87,8 @@ def test_a_recipes_tta_scores_validation_and_test_alike(tta, top1):
 TINY = ["--set", "model.kwargs.dims=[8,16,32]", "--set", "model.kwargs.depths=[1,1,1]",
         "--set", "data.limit_train=256", "--set", "data.limit_val=256", "--set", "optim.batch_size=64",
         "--set", "optim.reference_batch=64", "--set", "optim.epochs=2", "--set", "run.progress=false",
-        "--set", "run.threads=1", "--set", "data.num_workers=0", "--set", "optim.lr=5e-3"]
+        "--set", "run.threads=1", "--set", "data.num_workers=0", "--set", "optim.lr=5e-3",
+        "--set", "run.eval_every=1", "--set", "run.tta=none"]
 
 
 @pytest.fixture
@@ -125,6 +126,13 @@ def test_train_then_eval_cli(tmp_path, capsys, _keep_threads):
                  "--tta", "hflip"]) == 0
     out_tta = json.loads(capsys.readouterr().out)
     assert out_tta["tta"] == "hflip" and out_tta["n"] == 256 and out_tta["loss"] != out["loss"]
+    # without --tta, eval scores as the checkpoint's recipe did (run.tta), so a run's reported figures reproduce
+    ck["config"]["run"]["tta"] = "hflip"
+    torch.save(ck, tmp_path / "hflip.pt")
+    assert main(["eval", "--weights", str(tmp_path / "hflip.pt"), "--limit", "256", "--json", "--workers", "0"]) == 0
+    out_default = json.loads(capsys.readouterr().out)
+    assert out_default["tta"] == "hflip" and out_default["top1"] == out_tta["top1"]
+    assert out_default["loss"] == pytest.approx(out_tta["loss"], rel=1e-6)
     # a full training checkpoint carries the EMA weights too: the final EMA is evaluated from it
     from convnext.train.state import CheckpointManager
 

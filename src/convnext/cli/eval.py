@@ -36,8 +36,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="eval resolution (default: the checkpoint's data config)")
     parser.add_argument("--crop-pct", type=float, default=None,
                         help="resize to size/crop_pct and center-crop (default: the checkpoint's data config)")
-    parser.add_argument("--tta", choices=TTA_MODES, default="none",
-                        help="test-time augmentation: 'hflip' averages the predictions for each image and its mirror")
+    parser.add_argument("--tta", choices=TTA_MODES, default=None,
+                        help="test-time augmentation: 'hflip' averages the predictions for each image and its mirror "
+                             "(default: as the checkpoint's recipe scored validation and test, run.tta; else none)")
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--limit", type=int, default=None, help="evaluate only the first N images")
@@ -60,6 +61,9 @@ def main(args: argparse.Namespace) -> int:
     else:
         model = build_from_source(source)
     loader = _loader(args, source, model)
+    if args.tta is None:  # score as the run that chose these weights did, so its reported figures reproduce
+        recipe_run = (source.recipe or {}).get("run") if source is not None else None
+        args.tta = recipe_run.get("tta", "none") if isinstance(recipe_run, dict) else "none"
     results = {"weights": args.weights, "tta": args.tta,
                **evaluate(freeze(model.to(device)), loader, device, tta=args.tta)}
 
