@@ -56,7 +56,8 @@ def main() -> int:
         run = Path(out) / "bench"
         summary = json.loads((run / "summary.json").read_text())
         epochs = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
-        epochs = [e for e in epochs if e["type"] == "eval"]
+        timed = [e for e in epochs if e["type"] in ("eval", "epoch") and "epoch_time_s" in e]  # every epoch
+        epochs = [e for e in epochs if e["type"] == "eval"]  # the evaluated ones (run.eval_every)
         config = yaml.safe_load((run / "config.yaml").read_text())
         ema_better = (summary["final_ema_top1"] or -1) > summary["final_top1"]
         selected = "ema" if ema_better else "final"
@@ -69,10 +70,11 @@ def main() -> int:
             "epochs": summary["epochs"], "val_top1": summary["final_top1"], "val_ema_top1": summary["final_ema_top1"],
             "test_top1": summary["test_top1"], "test_ema_top1": summary["test_ema_top1"],
             "selected": selected, "test_selected": test,
-            "epoch_s": [round(e["epoch_time_s"], 1) for e in epochs if "epoch_time_s" in e],
+            "epoch_s": [round(e["epoch_time_s"], 1) for e in timed],
+            "val_epochs": [round(e["epoch"], 2) for e in epochs],
             "val_top1_per_epoch": [round(e["top1"], 2) for e in epochs],
             "val_ema_top1_per_epoch": [round(e.get("ema_top1", 0.0), 2) for e in epochs],
-            "amp": config["resolved"]["amp"], "fast_path": config["resolved"]["fast_path"],
+            "tta": config["run"]["tta"], "amp": config["resolved"]["amp"], "fast_path": config["resolved"]["fast_path"],
             "loadavg_start": load0, "loadavg_end": load_averages(),
             "cpus": os.cpu_count(), "cpu": cpu_name(), "isa": torch.backends.cpu.get_cpu_capability(),
             "native_bf16": capabilities().native_bf16, "note": args.note,

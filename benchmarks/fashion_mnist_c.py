@@ -69,7 +69,8 @@ def main() -> None:
 
     # 2. both models, one recipe
     overrides = [f"optim.epochs={args.epochs}", f"run.out_dir={work / 'runs'}", f"run.eval_every={args.epochs}",
-                 "run.progress=false", "run.tensorboard=false", "run.plots=false"]
+                 "run.progress=false", "run.tensorboard=false", "run.plots=false",
+                 "run.tta=none"]  # the engine's clean score must be the same plain scoring as the corrupted ones
     if args.max_steps:
         overrides.append(f"run.max_steps={args.max_steps}")
     if args.limit_train:

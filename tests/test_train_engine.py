@@ -3,6 +3,7 @@ run keeps fp32 weights near the fp32 run's; SIGKILL mid-epoch + --resume auto gi
 2-process gloo DDP equals 1 process."""
 
 import copy
+import json
 import signal
 import socket
 import subprocess
@@ -68,6 +69,14 @@ def test_nan_loss_stops_naming_the_step_and_keeps_the_last_good_checkpoint(tmp_p
     assert ck["global_step"] == 4 and (ck["epoch"], ck["step_in_epoch"]) == (0, 4)
     assert all(torch.isfinite(v).all() for v in ck["model"].values())
     assert not list((tmp_path / "nan").glob("*.tmp"))
+
+
+def test_epochs_without_evaluation_still_record_their_time(tmp_path):
+    train(_cfg(tmp_path, "sparse", "optim.epochs=3", "run.eval_every=2", "run.ema=false"))
+    records = [json.loads(line) for line in (tmp_path / "sparse" / "metrics.jsonl").read_text().splitlines()]
+    per_epoch = [r for r in records if r["type"] in ("eval", "epoch")]
+    assert [(r["type"], r["epoch"]) for r in per_epoch] == [("epoch", 1.0), ("eval", 2.0), ("eval", 3.0)]
+    assert all(r["epoch_time_s"] > 0 and r["img_per_s"] > 0 and "train_loss" in r for r in per_epoch)
 
 
 def test_refuses_to_overwrite_a_run_without_resume(tmp_path):

@@ -300,6 +300,14 @@ def run(task: Task, cfg: LoopConfig, callbacks: Sequence[Callable[[LoopState], N
                 "epoch": step // steps_per_epoch, "step_in_epoch": step % steps_per_epoch, "global_step": step,
                 "best": dict(best), "rng": capture_rng()}, step)
 
+    def epoch_record(epoch_time: float) -> dict[str, Any]:
+        """The epoch's time, throughput and mean training loss."""
+        record = {"epoch_time_s": epoch_time,
+                  "img_per_s": epoch_steps[0] * cfg.batch_size * accum * info.world_size / max(epoch_time, 1e-9)}
+        if train_loss[1]:
+            record["train_loss"] = train_loss[0] / train_loss[1]
+        return record
+
     def evaluate(step: int, epoch_time: float | None) -> dict[str, Any]:
         """Evaluate the model (and its EMA), log, write best.pt / best_ema.pt and a checkpoint."""
         metrics: dict[str, Any] = {}
@@ -314,10 +322,7 @@ def run(task: Task, cfg: LoopConfig, callbacks: Sequence[Callable[[LoopState], N
             record = {"type": "eval", "step": step, "epoch": step / steps_per_epoch, **scalars,
                       "lr": optimizer.param_groups[-1]["lr"] / optimizer.param_groups[-1]["lr_scale"]}
             if epoch_time is not None:
-                record.update(epoch_time_s=epoch_time, img_per_s=epoch_steps[0] * cfg.batch_size * accum
-                              * info.world_size / max(epoch_time, 1e-9))
-            if train_loss[1]:
-                record["train_loss"] = train_loss[0] / train_loss[1]
+                record.update(epoch_record(epoch_time))
             log.metric(record)
             shown = ", ".join(f"{k} {v:.4g}" for k, v in scalars.items() if not k.endswith(("APs", "APm", "APl")))
             log.info(f"step {step} (epoch {step / steps_per_epoch:.2f}): {shown} ({time.time() - t0:.0f} s)")
@@ -438,8 +443,12 @@ def run(task: Task, cfg: LoopConfig, callbacks: Sequence[Callable[[LoopState], N
             (cfg.eval_every_epochs and epoch_done and (global_step // steps_per_epoch) % cfg.eval_every_epochs == 0)
         if (done or (epoch_done and due)) and evaluated_at != global_step:
             last_metrics = evaluate(global_step, epoch_time if epoch_done else None)
-        elif (epoch_done and cfg.ckpt_each_epoch) or global_step == stop:
-            save(global_step)
+        else:
+            if epoch_done:  # an epoch without evaluation still records its time (eval_every > 1)
+                log.metric({"type": "epoch", "step": global_step, "epoch": global_step / steps_per_epoch,
+                            **epoch_record(epoch_time)})
+            if (epoch_done and cfg.ckpt_each_epoch) or global_step == stop:
+                save(global_step)
         if global_step == stop < total_steps:
             log.info(f"Stopped at step {global_step} of {total_steps}; continue with --resume auto")
 
@@ -574,7 +583,7 @@ class RunLogger:
                 from torch.utils.tensorboard import SummaryWriter
 
                 self.tb = SummaryWriter(str(self.run_dir / "tb"))
-            prefix = "train" if record["type"] == "step" else "eval"
+            prefix = "train" if record["type"] in ("step", "epoch") else "eval"
             for k, v in record.items():
                 if isinstance(v, (int, float)) and k not in ("type", "step", "epoch") and math.isfinite(v):
                     self.tb.add_scalar(f"{prefix}/{k}", v, record["step"])
