@@ -300,10 +300,12 @@ def run(task: Task, cfg: LoopConfig, callbacks: Sequence[Callable[[LoopState], N
                 "epoch": step // steps_per_epoch, "step_in_epoch": step % steps_per_epoch, "global_step": step,
                 "best": dict(best), "rng": capture_rng()}, step)
 
-    def epoch_record(epoch_time: float) -> dict[str, Any]:
-        """The epoch's time, throughput and mean training loss."""
-        record = {"epoch_time_s": epoch_time,
-                  "img_per_s": epoch_steps[0] * cfg.batch_size * accum * info.world_size / max(epoch_time, 1e-9)}
+    def epoch_record(epoch_time: float | None) -> dict[str, Any]:
+        """The epoch's time and throughput (when it ended) and the mean training loss so far in it."""
+        record: dict[str, Any] = {}
+        if epoch_time is not None:
+            record.update(epoch_time_s=epoch_time, img_per_s=epoch_steps[0] * cfg.batch_size * accum
+                          * info.world_size / max(epoch_time, 1e-9))
         if train_loss[1]:
             record["train_loss"] = train_loss[0] / train_loss[1]
         return record
@@ -321,8 +323,7 @@ def run(task: Task, cfg: LoopConfig, callbacks: Sequence[Callable[[LoopState], N
             scalars = {k: v for k, v in metrics.items() if isinstance(v, (int, float))}
             record = {"type": "eval", "step": step, "epoch": step / steps_per_epoch, **scalars,
                       "lr": optimizer.param_groups[-1]["lr"] / optimizer.param_groups[-1]["lr_scale"]}
-            if epoch_time is not None:
-                record.update(epoch_record(epoch_time))
+            record.update(epoch_record(epoch_time))
             log.metric(record)
             shown = ", ".join(f"{k} {v:.4g}" for k, v in scalars.items() if not k.endswith(("APs", "APm", "APl")))
             log.info(f"step {step} (epoch {step / steps_per_epoch:.2f}): {shown} ({time.time() - t0:.0f} s)")
