@@ -12,6 +12,7 @@ no compiler is found, or the check fails, the native gradient is used.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import warnings
@@ -103,8 +104,13 @@ def _load_kernel():
         capability = torch.backends.cpu.get_cpu_capability()
         isa = {"AVX512": ["-mavx512f", "-mavx512vl", "-mfma", "-mprefer-vector-width=512"],
                "AVX2": ["-mavx2", "-mfma"]}.get(capability, [])
+        # One build folder per PyTorch installation too: the build command names the installation's include
+        # folders, so two environments sharing one folder rebuild it over each other on every switch (seen
+        # here between a checkout's venv and a clean clone's), and a process loading it mid-rebuild races it.
+        installation = hashlib.sha1(f"{torch.__version__} {os.path.dirname(torch.__file__)}".encode()).hexdigest()[:8]
         kernel = load_inline(
-            name=f"convnext_dwconv_grad_v1_{capability.lower()}", cpp_sources=_SOURCE, functions=["dw_weight_grad"],
+            name=f"convnext_dwconv_grad_v1_{capability.lower()}_{installation}", cpp_sources=_SOURCE,
+            functions=["dw_weight_grad"],
             extra_cflags=["-O3", "-fopenmp", *isa], extra_ldflags=["-fopenmp"], verbose=False,
         ).dw_weight_grad
     except Exception as e:  # no compiler or ninja, a read-only cache, ...: the native gradient still works
