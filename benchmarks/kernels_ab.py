@@ -6,6 +6,8 @@ tuned allocator, the two sides of each pair alternating (median of --reps runs a
 - pwconv1 forward: ATen's `F.linear` (addmm) against oneDNN's matmul (`mkldnn._linear_pointwise`), which the
   training MLP uses (fast/mlp.py);
 - pwconv1's weight gradient: `x^T dh` against `dh^T x` (the orientation fast/mlp.py computes);
+- the block's MLP forward + backward under bf16 autocast: autocast's Linear layers against `pointwise_mlp`'s
+  oneDNN bf16 path (where the CPU computes bf16 in hardware);
 - the depthwise 7x7 conv, forward + backward: bf16 against fp32 (why it stays fp32 under autocast, fast/block.py);
 - a frozen block (fast/block.py `FrozenBlock`): the MLP on 2048-pixel tiles against the whole tensor at once,
   and fp32 weights packed in oneDNN's layout against plain ones.
@@ -35,6 +37,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 from convnext import fast, tune_malloc  # noqa: E402
 from convnext.benchmark import cpu_name, load_averages  # noqa: E402
 from convnext.fast import block as fast_block  # noqa: E402
+from convnext.fast.mlp import pointwise_mlp  # noqa: E402
 from convnext.models.layers import Block  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
@@ -75,6 +78,10 @@ def measure(reps: int) -> list[dict]:
         dh = torch.randn(m, 4 * C, generator=g)
         add("pwconv1 weight gradient (384 x 96)", "dh^T x", "(x^T dh)^T",
             pair(lambda: dh.t().mm(x), lambda: x.t().mm(dh).t(), reps))
+
+    if fast.capabilities().native_bf16 and fast.capabilities().linear_kernels(torch.bfloat16):
+        add("block MLP forward + backward under bf16 autocast (+ fp32 shortcut)", "autocast's F.linear (addmm)",
+            "pointwise_mlp (oneDNN bf16)", pair(_mlp_step(autocast_mlp, g), _mlp_step(pointwise_mlp, g), reps))
 
     act = torch.randn(N, C, S, S, generator=g).contiguous(memory_format=torch.channels_last)
     conv = torch.nn.Conv2d(C, C, 7, padding=3, groups=C)
@@ -127,6 +134,27 @@ def measure(reps: int) -> list[dict]:
         add("frozen block, stage 0 (fp32, 2048-pixel tiles)", "packed weights", "plain weights",
             pair(lambda: frozen_tiled(act), lambda: frozen_plain(act), reps))
     return rows
+
+
+def autocast_mlp(x: torch.Tensor, w1: torch.Tensor, b1: torch.Tensor, w2: torch.Tensor, b2: torch.Tensor,
+                 shortcut: torch.Tensor) -> torch.Tensor:
+    """The MLP as the reference block computes it: autocast casts for F.linear, the add in fp32."""
+    return shortcut + F.linear(F.gelu(F.linear(x, w1, b1)), w2, b2)
+
+
+def _mlp_step(mlp: Callable[..., torch.Tensor], g: torch.Generator) -> Callable[[], None]:
+    """One forward + backward of `mlp` at stage 0 under bf16 autocast, fp32 inputs and parameters."""
+    x, shortcut = (torch.randn(N, S, S, C, generator=g).requires_grad_() for _ in range(2))
+    params = [(torch.randn(*s, generator=g) * 0.1).requires_grad_() for s in ((4 * C, C), (4 * C,), (C, 4 * C), (C,))]
+
+    def step() -> None:
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            y = mlp(x, *params, shortcut=shortcut)
+        y.sum().backward()
+        for t in (x, shortcut, *params):
+            t.grad = None
+
+    return step
 
 
 def render(records: list[dict]) -> str:

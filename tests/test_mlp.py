@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 
 from convnext.fast.mlp import pointwise_mlp
-from numerics import assert_as_accurate
+from numerics import assert_as_accurate, normwise_error
 
 
 def _inputs(c: int = 24, shape=(2, 5, 7)):
@@ -60,3 +60,36 @@ def test_only_needed_gradients_are_computed():
     (F.linear(F.gelu(F.linear(x, w1, b1)), w2, b2) + sc).sum().backward()
     torch.testing.assert_close(got[0], w2.grad, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(got[1], sc.grad)
+
+
+@pytest.mark.parametrize("with_shortcut", [True, False])
+def test_bf16_autocast_as_accurate_as_autocast_itself(with_shortcut):
+    # Under CPU bf16 autocast (run.amp): oneDNN's bf16 Linear where the CPU computes bf16 in hardware, autograd's
+    # ops elsewhere; either way no further from the exact values and fp32 gradients than autocast's own Linear.
+    from convnext.fast.mlp import _fused_dtype
+    from convnext.fast.probe import capabilities
+
+    x, sc, w1, b1, w2, b2 = _inputs(c=32, shape=(2, 6, 6))
+    leaves = [x, sc, w1, b1, w2, b2]
+    results = []
+    for kind in ("ref", "fused", "exact"):
+        ps = [p.detach().double().requires_grad_() for p in leaves] if kind == "exact" else leaves
+        for p in ps:
+            p.grad = None
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=kind != "exact"):
+            if kind == "fused":
+                native = capabilities().native_bf16 and capabilities().linear_kernels(torch.bfloat16)
+                assert _fused_dtype(ps[0], ps[2], ps[1]) == (torch.bfloat16 if native else None)
+                y = pointwise_mlp(ps[0], *ps[2:], shortcut=ps[1] if with_shortcut else None)
+            else:
+                y = F.linear(F.gelu(F.linear(ps[0], ps[2], ps[3])), ps[4], ps[5]) + (ps[1] if with_shortcut else 0)
+        y.float().mul(torch.linspace(-1, 1, y.numel()).view_as(y)).sum().backward()
+        results.append([y.detach(), *(p.grad for p in ps)])
+    ref, got, exact = results
+    assert got[0].dtype == ref[0].dtype and all(g.dtype == torch.float32 for g in got[2:] if g is not None)
+    assert normwise_error(ref[0], exact[0]) > 1e-4  # bf16 really ran
+    for name, g, r, e in zip(("y", "x", "shortcut", "w1", "b1", "w2", "b2"), got, ref, exact, strict=True):
+        if r is None:
+            assert g is None
+        else:
+            assert_as_accurate(g, r, e, f"bf16 {name}", factor=3.0)

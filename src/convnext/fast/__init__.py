@@ -106,6 +106,8 @@ def describe(mode: str = "train", device: str | torch.device = "cpu", dtype: tor
             parts.append("oneDNN MLP with a hand-written backward")
         elif dtype == torch.float32:
             parts.append("ATen's Linear layers")
+        elif dtype == torch.bfloat16 and fused and caps.native_bf16:
+            parts.append("oneDNN bf16 MLP with a hand-written backward under autocast, the depthwise conv in fp32")
         else:
             parts.append(f"ATen's {name} matmuls under autocast, the depthwise conv in fp32")
         parts.append(f"depthwise weight gradient {kernel_status()}")

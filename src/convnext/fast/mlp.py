@@ -1,4 +1,5 @@
-"""The block's pointwise MLP (pwconv1 -> GELU -> pwconv2, + shortcut) for training on CPU, through oneDNN.
+"""The block's pointwise MLP (pwconv1 -> GELU -> pwconv2, + shortcut) for training on CPU, through oneDNN, in fp32
+and under bf16 autocast.
 
 Autograd's Linear runs `addmm`, whose GEMM is slower for the thin matrices of ConvNeXt's early stages: at stage 0
 of ConvNeXt-T (batch 32, C = 96) pwconv1's forward took 45.6 ms as `addmm` and 39.6 ms as oneDNN's matmul on an
@@ -59,14 +60,37 @@ class _PointwiseMLP(torch.autograd.Function):
 def pointwise_mlp(x: torch.Tensor, w1: torch.Tensor, b1: torch.Tensor, w2: torch.Tensor, b2: torch.Tensor,
                   shortcut: torch.Tensor | None = None) -> torch.Tensor:
     """`F.linear(F.gelu(F.linear(x, w1, b1)), w2, b2) (+ shortcut)` over the last dimension of contiguous
-    channels-last activations, differentiable; through oneDNN on CPU in fp32, through autograd elsewhere."""
+    channels-last activations, differentiable; through oneDNN on CPU in fp32 and under bf16 autocast, through
+    autograd elsewhere."""
     shape = x.shape
-    # Under torch.compile the plain ops run: Inductor fuses them itself and cannot lower oneDNN's linear with a
-    # weight that is not a graph constant.
-    if not (onednn_fusion(x) and x.dtype == w1.dtype == torch.float32 and x.is_contiguous()
-            and (shortcut is None or shortcut.is_contiguous()) and not torch.is_autocast_enabled("cpu")
-            and not torch.compiler.is_compiling()):
+    dtype = _fused_dtype(x, w1, shortcut)
+    if dtype is None:
         y = F.linear(F.gelu(F.linear(x, w1, b1)), w2, b2)
         return y if shortcut is None else shortcut + y
-    flat = shortcut.reshape(-1, shape[-1]) if shortcut is not None else None
-    return _PointwiseMLP.apply(x.reshape(-1, shape[-1]), flat, w1.contiguous(), b1, w2.contiguous(), b2).view(shape)
+    if dtype == torch.float32:
+        flat = shortcut.reshape(-1, shape[-1]) if shortcut is not None else None
+        return _PointwiseMLP.apply(x.reshape(-1, shape[-1]), flat, w1.contiguous(), b1, w2.contiguous(),
+                                   b2).view(shape)
+    # bf16 autocast: the casts autocast would make, made here once (their backward casts the gradients back to the
+    # fp32 parameters, as autocast's do). The residual add stays outside in fp32, as the reference's: fused into
+    # the bf16 GEMM it would round the residual stream to bf16.
+    with torch.autocast("cpu", enabled=False):
+        x, w1, b1, w2, b2 = (t.to(dtype) for t in (x.reshape(-1, shape[-1]), w1, b1, w2, b2))
+        y = _PointwiseMLP.apply(x, None, w1, b1, w2, b2).view(shape)
+        return y if shortcut is None else shortcut + y
+
+
+def _fused_dtype(x: torch.Tensor, w1: torch.Tensor, shortcut: torch.Tensor | None) -> torch.dtype | None:
+    """The dtype `pointwise_mlp` runs oneDNN's Linear in for these tensors, or None where autograd's ops run.
+
+    fp32 without autocast; bf16 under CPU bf16 autocast where the CPU computes bf16 in hardware (emulated bf16 is
+    left to ATen). Under torch.compile the plain ops run: Inductor fuses them itself and cannot lower oneDNN's
+    linear with a weight that is not a graph constant.
+    """
+    if (x.device.type != "cpu" or x.dtype != torch.float32 or w1.dtype != torch.float32 or not x.is_contiguous()
+            or (shortcut is not None and not shortcut.is_contiguous()) or torch.compiler.is_compiling()):
+        return None
+    dtype = torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else torch.float32
+    if dtype == torch.bfloat16 and not capabilities().native_bf16:
+        return None
+    return dtype if capabilities().linear_kernels(dtype) else None
