@@ -25,6 +25,7 @@ import argparse
 import datetime as dt
 import json
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -43,6 +44,7 @@ from convnext.benchmark import (  # noqa: E402
     format_table,
     load_averages,
     run,
+    summarize,
 )
 from convnext.malloc import tune_malloc  # noqa: E402
 
@@ -158,6 +160,31 @@ def render_record(record: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def render_across_runs(runs: list[dict[str, Any]]) -> str:
+    """One CPU's runs side by side: per allocator and (mode, precision, batch), the median and the range of
+    "ours / best peer" over the runs of the current protocol (imported and smoke runs left out), and how many."""
+    ratios: dict[tuple[str, str, str, int], list[tuple[float, str]]] = {}
+    for r in sorted(runs, key=lambda r: r["date"]):
+        if r.get("imported") or r.get("quick"):
+            continue
+        for s in summarize({"results": r["results"]}):
+            if s["ratio"]:
+                key = (r.get("allocator", "not recorded"), s["mode"], s["precision"], s["batch_size"])
+                ratios.setdefault(key, []).append((s["ratio"], r["date"]))
+    if not ratios:
+        return ""
+    lines = ["### Across runs", "",
+             "\"ours / best peer\" over every run below of the current protocol (peers at their best, in one "
+             "process): the median, the lowest and highest, and how many runs.", "",
+             "| allocator | mode | precision | batch | median | min-max | runs | dates |",
+             "|---|---|---|---|---|---|---|---|"]
+    for (alloc, mode, precision, batch), vals in ratios.items():
+        xs = [v for v, _ in vals]
+        lines.append(f"| {alloc} | {mode} | {precision} | {batch} | **{statistics.median(xs):.2f}x** | "
+                     f"{min(xs):.2f}-{max(xs):.2f}x | {len(xs)} | {', '.join(d for _, d in vals)} |")
+    return "\n".join(lines) + "\n"
+
+
 def render(records: list[dict[str, Any]], quick: bool = False) -> str:
     """RESULTS.md from the history: grouped by CPU (the CPU of the newest run first), newest run first; smoke
     runs (--quick) only where `quick` is set."""
@@ -177,6 +204,8 @@ def render(records: list[dict[str, Any]], quick: bool = False) -> str:
            "(peers eager NCHW only) and taken from the git history of benchmarks/results/.", ""]
     for key, runs in groups.items():
         out += [f"## {key}", ""]
+        across = render_across_runs(runs)
+        out += [across] if across else []
         out += [render_record(r) for r in runs]
     return "\n".join(out).rstrip() + "\n"
 

@@ -67,6 +67,12 @@ def test_history_is_appended_and_results_md_rendered_newest_first_by_cpu(run_all
     assert ("| infer | fp32 | 32 | ours:convnext_tiny: 20.30 | ov:convnext_tiny: 18.20 | **1.12x** | 50% |") in md
     assert ("| infer | bf16 | 32 | ours:convnext_tiny: 37.90 | ov:convnext_tiny: 33.30 | **1.14x** | 50% |") in md
     assert "| train | fp32 | 32 | ours:convnext_tiny: 7.00 | - | - | 50% |" in md
+    # each CPU's ratios over its runs: median, range and count (AMD: 19.0/18.0 and 20.3/18.2), none for one-run rows
+    across = md[amd:md.index("### 2026-11-29 10:00 UTC")]
+    assert ("| glibc, tuned (convnext.tune_malloc) | infer | fp32 | 32 | **1.09x** | 1.06-1.12x | 2 | "
+            "2026-11-28 10:00 UTC, 2026-11-29 10:00 UTC |") in across
+    assert "| infer | bf16 | 32 | **1.14x** | 1.14-1.14x | 1 |" in across and "| train |" not in across
+    assert "### Across runs" in md[intel:]
     assert "- not measured: tv:convnext_tiny@compiled (build): RuntimeError: no compiler" in md
     assert "- note: load 3 on 2 cores" in md
     assert "- load average (1/5/15 min) before: 0.50 / 0.60 / 0.70; after: 2.00 / 1.00 / 0.80" in md
