@@ -7,7 +7,8 @@ tuned allocator, the two sides of each pair alternating (median of --reps runs a
   training MLP uses (fast/mlp.py);
 - pwconv1's weight gradient: `x^T dh` against `dh^T x` (the orientation fast/mlp.py computes);
 - the block's MLP forward + backward under bf16 autocast: autocast's Linear layers against `pointwise_mlp`'s
-  oneDNN bf16 path (where the CPU computes bf16 in hardware);
+  oneDNN bf16 path (where the CPU computes bf16 in hardware), and the same two in ConvNeXt-T's whole bf16
+  training step (batch 32 at 224, no optimizer step);
 - the depthwise 7x7 conv, forward + backward: bf16 against fp32 (why it stays fp32 under autocast, fast/block.py);
 - a frozen block (fast/block.py `FrozenBlock`): the MLP on 2048-pixel tiles against the whole tensor at once,
   and fp32 weights packed in oneDNN's layout against plain ones.
@@ -34,9 +35,11 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
+import convnext  # noqa: E402
 from convnext import fast, tune_malloc  # noqa: E402
 from convnext.benchmark import cpu_name, load_averages  # noqa: E402
 from convnext.fast import block as fast_block  # noqa: E402
+from convnext.fast import mlp as fast_mlp  # noqa: E402
 from convnext.fast.mlp import pointwise_mlp  # noqa: E402
 from convnext.models.layers import Block  # noqa: E402
 
@@ -82,6 +85,8 @@ def measure(reps: int) -> list[dict]:
     if fast.capabilities().native_bf16 and fast.capabilities().linear_kernels(torch.bfloat16):
         add("block MLP forward + backward under bf16 autocast (+ fp32 shortcut)", "autocast's F.linear (addmm)",
             "pointwise_mlp (oneDNN bf16)", pair(_mlp_step(autocast_mlp, g), _mlp_step(pointwise_mlp, g), reps))
+        add("ConvNeXt-T training step under bf16 autocast (forward, loss, backward; batch 32)",
+            "MLP through autocast's Linear", "MLP through pointwise_mlp (oneDNN bf16)", _model_step_pair(g, reps))
 
     act = torch.randn(N, C, S, S, generator=g).contiguous(memory_format=torch.channels_last)
     conv = torch.nn.Conv2d(C, C, 7, padding=3, groups=C)
@@ -155,6 +160,27 @@ def _mlp_step(mlp: Callable[..., torch.Tensor], g: torch.Generator) -> Callable[
             t.grad = None
 
     return step
+
+
+def _model_step_pair(g: torch.Generator, reps: int) -> tuple[float, float]:
+    """ConvNeXt-T's bf16 training step, optimized, with the block MLP through autocast's Linear (A: what ran before
+    the bf16 path of `pointwise_mlp`) and through `pointwise_mlp`'s bf16 path (B), one model, alternating."""
+    model = convnext.create_model("convnext_tiny", optimize=True)
+    x, y = torch.randn(N, 3, 224, 224, generator=g), torch.randint(0, 1000, (N,), generator=g)
+    fused_dtype = fast_mlp._fused_dtype
+
+    def step(bf16_mlp: bool) -> None:
+        fast_mlp._fused_dtype = fused_dtype if bf16_mlp else (
+            lambda x, w1, shortcut: None if torch.is_autocast_enabled("cpu") else fused_dtype(x, w1, shortcut))
+        try:
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                loss = F.cross_entropy(model(x), y)
+            loss.backward()
+            model.zero_grad(set_to_none=True)
+        finally:
+            fast_mlp._fused_dtype = fused_dtype
+
+    return pair(lambda: step(False), lambda: step(True), reps)
 
 
 def render(records: list[dict]) -> str:
