@@ -23,6 +23,7 @@ from torch import nn
 from ..models.layers import Block
 from .block import FAST_BLOCKS, FastBlock, FastBlockV2, FrozenBlock
 from .dwconv import kernel_status
+from .mlp import training_kernels
 from .probe import Capabilities, capabilities
 
 __all__ = ["Capabilities", "FastBlock", "FastBlockV2", "FrozenBlock", "capabilities", "compile", "describe", "freeze",
@@ -102,12 +103,12 @@ def describe(mode: str = "train", device: str | torch.device = "cpu", dtype: tor
     parts = []
     fused = caps.linear_kernels(dtype)
     if mode == "train":
-        if dtype == torch.float32 and fused:
+        if training_kernels(dtype) and dtype == torch.float32:
             parts.append("oneDNN MLP with a hand-written backward")
+        elif training_kernels(dtype):
+            parts.append(f"oneDNN {name} MLP with a hand-written backward under autocast, the depthwise conv in fp32")
         elif dtype == torch.float32:
             parts.append("ATen's Linear layers")
-        elif dtype == torch.bfloat16 and fused and caps.native_bf16:
-            parts.append("oneDNN bf16 MLP with a hand-written backward under autocast, the depthwise conv in fp32")
         else:
             parts.append(f"ATen's {name} matmuls under autocast, the depthwise conv in fp32")
         parts.append(f"depthwise weight gradient {kernel_status()}")

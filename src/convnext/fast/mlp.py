@@ -83,14 +83,19 @@ def pointwise_mlp(x: torch.Tensor, w1: torch.Tensor, b1: torch.Tensor, w2: torch
 def _fused_dtype(x: torch.Tensor, w1: torch.Tensor, shortcut: torch.Tensor | None) -> torch.dtype | None:
     """The dtype `pointwise_mlp` runs oneDNN's Linear in for these tensors, or None where autograd's ops run.
 
-    fp32 without autocast; bf16 under CPU bf16 autocast where the CPU computes bf16 in hardware (emulated bf16 is
-    left to ATen). Under torch.compile the plain ops run: Inductor fuses them itself and cannot lower oneDNN's
-    linear with a weight that is not a graph constant.
+    fp32 without autocast, bf16 under CPU bf16 autocast, as `training_kernels` allows. Under torch.compile the
+    plain ops run: Inductor fuses them itself and cannot lower oneDNN's linear with a weight that is not a graph
+    constant.
     """
     if (x.device.type != "cpu" or x.dtype != torch.float32 or w1.dtype != torch.float32 or not x.is_contiguous()
             or (shortcut is not None and not shortcut.is_contiguous()) or torch.compiler.is_compiling()):
         return None
     dtype = torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else torch.float32
-    if dtype == torch.bfloat16 and not capabilities().native_bf16:
-        return None
-    return dtype if capabilities().linear_kernels(dtype) else None
+    return dtype if training_kernels(dtype) else None
+
+
+def training_kernels(dtype: torch.dtype) -> bool:
+    """Whether `pointwise_mlp` computes in `dtype` (fp32, or bf16 under autocast) through oneDNN on this CPU:
+    where oneDNN's Linear works in it, and for bf16 only where the CPU computes bf16 in hardware."""
+    caps = capabilities()
+    return caps.linear_kernels(dtype) and (dtype == torch.float32 or (dtype == torch.bfloat16 and caps.native_bf16))
