@@ -224,8 +224,9 @@ class FrozenBlock(nn.Module):
             self.packed = dtype == torch.float32 and onednn_fusion(self.w1)
             if self.packed:
                 # oneDNN's own blocked layout, made once instead of inside every fp32 GEMM: a stage-0 block 11%
-                # faster on an AMD EPYC at 2 threads (benchmarks/kernels.md). bf16 weights are left plain (no
-                # recorded gain). Opaque tensors that only oneDNN's Linear reads.
+                # faster on an AMD EPYC at 2 threads in the 2026-11-29 19:40 record, 3-4% in the two of 2026-12-07
+                # (benchmarks/kernels.md). bf16 weights are left plain (no recorded gain). Opaque tensors that
+                # only oneDNN's Linear reads.
                 self.w1 = torch.ops.mkldnn._reorder_linear_weight(self.w1, TILE_ROWS)
                 self.w2 = torch.ops.mkldnn._reorder_linear_weight(self.w2, TILE_ROWS)
 

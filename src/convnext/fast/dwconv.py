@@ -2,8 +2,8 @@
 
 oneDNN computes the forward pass and the input gradient of a depthwise 7x7 convolution with fast
 depthwise kernels, but its weight gradient runs a generic grouped-convolution kernel, 4.3-16.9x slower than
-the kernel below on ConvNeXt-T's stage shapes at batch 32 (benchmarks/dwconv_grad.md: a 2-core Intel Xeon,
-2 threads, `PYTHONPATH=src python benchmarks/dwconv_grad.py --threads 2`).
+the kernel below on ConvNeXt-T's stage shapes at batch 32 (benchmarks/dwconv_grad.md, commit b903c05 of
+2026-11-24: a 2-core Intel Xeon, 2 threads, `PYTHONPATH=src python benchmarks/dwconv_grad.py --threads 2`).
 The weight gradient, dW[c, i, j] = sum over n, h, w of grad[n, h, w, c] * x[n, h + i - p, w + j - p, c], is
 a channel-vectorised multiply-accumulate on channels_last storage, written below in C++ and compiled
 once per machine with torch's extension loader and checked against ATen's gradient once per process. Where

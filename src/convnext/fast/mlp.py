@@ -3,11 +3,12 @@ and under bf16 autocast.
 
 Autograd's Linear runs `addmm`, whose GEMM is slower for the thin matrices of ConvNeXt's early stages: at stage 0
 of ConvNeXt-T (batch 32, C = 96) pwconv1's forward took 45.6 ms as `addmm` and 39.6 ms as oneDNN's matmul on an
-AMD EPYC at 2 threads (benchmarks/kernels.md). `pointwise_mlp` runs the forward pass through oneDNN
-(`torch.ops.mkldnn._linear_pointwise`, with the residual add fused into pwconv2 when there is no drop path) and
-writes the backward pass by hand: the GEMMs autograd would run, both weight gradients as dh^T x (on the AMD EPYC
-47.2 ms against 60.6 ms for the (x^T dh)^T used before, which a Xeon had chosen without a recorded A/B), GELU's
-gradient written over `dy @ w2` instead of a new 4C-wide tensor, and only the gradients that are needed.
+AMD EPYC at 2 threads (benchmarks/kernels.md, record 2026-11-29 19:40 UTC; 45.3 and 39.7 ms on 2026-12-07 23:05).
+`pointwise_mlp` runs the forward pass through oneDNN (`torch.ops.mkldnn._linear_pointwise`, with the residual add
+fused into pwconv2 when there is no drop path) and writes the backward pass by hand: the GEMMs autograd would run,
+both weight gradients as dh^T x (on the AMD EPYC 47.2 ms against 60.6 ms in the 19:40 record, 43.6 against 51.8 ms
+in the 23:05 one, for the (x^T dh)^T used before, which a Xeon had chosen without a recorded A/B), GELU's gradient
+written over `dy @ w2` instead of a new 4C-wide tensor, and only the gradients that are needed.
 """
 
 from __future__ import annotations

@@ -34,7 +34,7 @@ class Capabilities:
 @torch.compiler.disable  # a probe runs eagerly, whatever context first asks for it
 @functools.cache
 def capabilities() -> Capabilities:
-    """Probe this machine once (about a millisecond): see the module docstring."""
+    """Probe this machine once: see the module docstring."""
     isa = torch.backends.cpu.get_cpu_capability()
     flags = _cpu_flags()
     notes = []
