@@ -28,7 +28,8 @@ from .mlp import onednn_fusion, pointwise_mlp
 
 # Pixels per tile of the fused inference MLP: a tile's 4C-wide hidden activation can stay in cache between the two
 # matmuls instead of a round trip to memory. On an AMD EPYC a stage-0 block of ConvNeXt-T ran as fast in tiles as
-# whole (benchmarks/kernels.md); the Xeon A/B that chose tiles was not recorded (docs/speed.md).
+# whole; on an Intel Xeon with AMX 8% slower (benchmarks/kernels.md, 2026-12-08 04:04 UTC). The Xeon A/B that
+# chose tiles was not recorded (docs/speed.md).
 TILE_ROWS = 2048
 
 
@@ -46,8 +47,9 @@ class FastBlock(Block):
 
     def _forward_training(self, x: torch.Tensor) -> torch.Tensor:
         if torch.is_autocast_enabled("cpu"):
-            # PyTorch's bf16 depthwise conv forward+backward is no faster than the fp32 one (benchmarks/kernels.md,
-            # AMD EPYC), and it is 2.4% of ConvNeXt-T's MACs: it stays fp32 under autocast.
+            # PyTorch's bf16 depthwise conv forward+backward is no faster than the fp32 one on an AMD EPYC and 2.2x
+            # slower on an Intel Xeon with AMX (benchmarks/kernels.md), and it is 2.4% of ConvNeXt-T's MACs: it
+            # stays fp32 under autocast.
             with torch.autocast("cpu", enabled=False):
                 y = depthwise_conv(x.float(), self.dwconv)
         else:
