@@ -10,8 +10,9 @@ tuned allocator, the two sides of each pair alternating (median of --reps runs a
   oneDNN bf16 path (where the CPU computes bf16 in hardware), and the same two in ConvNeXt-T's whole bf16
   training step (batch 32 at 224, no optimizer step);
 - the depthwise 7x7 conv, forward + backward: bf16 against fp32 (why it stays fp32 under autocast, fast/block.py);
-- a frozen block (fast/block.py `FrozenBlock`): the MLP on 2048-pixel tiles against the whole tensor at once,
-  and fp32 weights packed in oneDNN's layout against plain ones.
+- a frozen block (fast/block.py `FrozenBlock`) at stage 0 and stage 2 (384 channels at 14x14), fp32 and bf16:
+  the MLP on 2048-pixel tiles (what it did until 2026-12-08) against the whole tensor at once, and weights packed
+  in oneDNN's layout against plain ones (fp32 packs, bf16 does not).
 
 Each run is APPENDED to benchmarks/results/kernels.jsonl and benchmarks/kernels.md is regenerated from it.
 
@@ -106,39 +107,53 @@ def measure(reps: int) -> list[dict]:
     add("depthwise 7x7 conv forward + backward (PyTorch's)", "fp32", "bf16",
         pair(dw_step(torch.float32), dw_step(torch.bfloat16), reps))
 
-    block = Block(C, layer_scale_init_value=1.0).eval()
-    with torch.no_grad():
-        for p in block.parameters():
-            p.uniform_(-0.1, 0.1)
-    tile = fast_block.TILE_ROWS
-    frozen_tiled = fast_block.FrozenBlock(block, torch.float32)
-    try:  # the tile size is read when the weights are packed and at each call: set it for both
-        fast_block.TILE_ROWS = N * S * S  # the whole tensor as one tile
-        frozen_whole = fast_block.FrozenBlock(block, torch.float32)
-    finally:
-        fast_block.TILE_ROWS = tile
-
-    def whole() -> None:
-        fast_block.TILE_ROWS = N * S * S
-        try:
-            frozen_whole(act)
-        finally:
-            fast_block.TILE_ROWS = tile
-
-    with torch.inference_mode():
-        whole_ms = pair(lambda: frozen_tiled(act), whole, reps)
-    add("frozen block, stage 0 (fp32, packed weights)", "2048-pixel tiles", "whole tensor", whole_ms)
-    fusion = fast_block.onednn_fusion
-    try:
-        fast_block.onednn_fusion = lambda t: False  # FrozenBlock then keeps its folded weights plain
-        frozen_plain = fast_block.FrozenBlock(block, torch.float32)
-    finally:
-        fast_block.onednn_fusion = fusion
-    assert frozen_tiled.packed and not frozen_plain.packed
-    with torch.inference_mode():
-        add("frozen block, stage 0 (fp32, 2048-pixel tiles)", "packed weights", "plain weights",
-            pair(lambda: frozen_tiled(act), lambda: frozen_plain(act), reps))
+    for c, size in ((C, S), (4 * C, S // 4)):  # stage 0 and stage 2 of ConvNeXt-T
+        block = Block(c, layer_scale_init_value=1.0).eval()
+        with torch.no_grad():
+            for p in block.parameters():
+                p.uniform_(-0.1, 0.1)
+        for dtype in (torch.float32, torch.bfloat16):
+            act = torch.randn(N, c, size, size, generator=g).to(dtype).contiguous(memory_format=torch.channels_last)
+            frozen = fast_block.FrozenBlock(block, dtype)
+            name = {torch.float32: "fp32", torch.bfloat16: "bf16"}[dtype]
+            weights = "packed" if frozen.packed else "plain"
+            with torch.inference_mode():
+                add(f"frozen block, {c} channels at {size}x{size} ({name}, {weights} weights)", "2048-pixel tiles",
+                    "whole tensor (shipped)", pair(lambda f=frozen, a=act: _tiled(f, a), lambda f=frozen, a=act: f(a),
+                                                   reps))
+            fusion = fast_block.onednn_fusion
+            if dtype == torch.float32:
+                try:
+                    fast_block.onednn_fusion = lambda t: False  # FrozenBlock then keeps its folded weights plain
+                    other = fast_block.FrozenBlock(block, dtype)
+                finally:
+                    fast_block.onednn_fusion = fusion
+                pair_labels = ("packed weights (shipped)", "plain weights")
+            else:  # bf16 weights are left plain: the alternative packs them as fp32's are
+                other = fast_block.FrozenBlock(block, dtype)
+                other.w1, other.w2 = (torch.ops.mkldnn._reorder_linear_weight(w, fast_block.PACK_ROWS_HINT)
+                                      for w in (other.w1, other.w2))
+                other.packed = True
+                pair_labels = ("plain weights (shipped)", "packed weights")
+            with torch.inference_mode():
+                add(f"frozen block, {c} channels at {size}x{size} ({name}, whole tensor)", *pair_labels,
+                    pair(lambda f=frozen, a=act: f(a), lambda f=other, a=act: f(a), reps))
     return rows
+
+
+def _tiled(frozen: fast_block.FrozenBlock, x: torch.Tensor, tile: int = 2048) -> torch.Tensor:
+    """`frozen`'s block with its MLP run on `tile` pixels at a time, as FrozenBlock did until 2026-12-08: a tile's
+    4C-wide activation can stay in cache between the two matmuls."""
+    y = F.conv2d(x, frozen.dw_w, frozen.dw_b, padding=frozen.padding, groups=frozen.groups)
+    n, c, h, w = y.shape
+    y, shortcut = y.permute(0, 2, 3, 1).reshape(-1, c), x.permute(0, 2, 3, 1).reshape(-1, c)
+    out = torch.empty_like(y)
+    for r in range(0, y.shape[0], tile):
+        t = F.layer_norm(y[r:r + tile], (c,), None, None, frozen.eps)
+        t = torch.ops.mkldnn._linear_pointwise(t, frozen.w1, frozen.b1, "gelu", [], "none")
+        out[r:r + tile] = torch.ops.mkldnn._linear_pointwise.binary(t, shortcut[r:r + tile], frozen.w2, frozen.b2,
+                                                                    "add")
+    return out.view(n, h, w, c).permute(0, 3, 1, 2)
 
 
 def autocast_mlp(x: torch.Tensor, w1: torch.Tensor, b1: torch.Tensor, w2: torch.Tensor, b2: torch.Tensor,

@@ -58,14 +58,14 @@ def _reference(kind: str, **overrides) -> torch.nn.Module:
 
 
 @pytest.fixture
-def count_tiled(monkeypatch):
-    """How often the oneDNN tiled inference MLP ran (its ATen fallback does not count)."""
+def count_fused(monkeypatch):
+    """How often the oneDNN fused inference MLP ran (its ATen fallback does not count)."""
     calls = []
     real = fast_block.mlp_inference
 
     def spy(y, *args, **kwargs):
-        tiled = (kwargs.get("packed") or fast.block.onednn_fusion(y)) and not torch.compiler.is_compiling()
-        calls.append(bool(tiled))
+        fused = (kwargs.get("packed") or fast.block.onednn_fusion(y)) and not torch.compiler.is_compiling()
+        calls.append(bool(fused))
         return real(y, *args, **kwargs)
 
     monkeypatch.setattr(fast_block, "mlp_inference", spy)
@@ -96,7 +96,7 @@ def test_optimize_changes_the_computation_only():
 
 
 @pytest.mark.parametrize("kind", list(SMALL))
-def test_inference_as_accurate_as_the_reference(kind, count_tiled):
+def test_inference_as_accurate_as_the_reference(kind, count_fused):
     ref = _reference(kind).eval()
     exact_model = as_float64(ref)
     model = convnext.optimize(copy.deepcopy(ref))
@@ -110,7 +110,7 @@ def test_inference_as_accurate_as_the_reference(kind, count_tiled):
         assert_as_accurate(model(x), expected, exact, "inference_mode")
     # eval mode with autograd recording: the differentiable branch runs, to the same accuracy
     assert_as_accurate(model(x), expected, exact, "grad enabled")
-    assert count_tiled and all(count_tiled) == capabilities().linear_kernels(torch.float32)
+    assert count_fused and all(count_fused) == capabilities().linear_kernels(torch.float32)
 
 
 @pytest.mark.parametrize("kind", ["hierarchical", "isotropic", "backbone"])
@@ -268,17 +268,17 @@ def test_eval_after_any_optimizer_step_sees_the_new_weights():
     assert_as_accurate(got, expected, exact, "after a fused AdamW step")
 
 
-def test_tiled_inference_covers_every_pixel(count_tiled):
-    # 3 x 40 x 37 = 4440 pixels: two full tiles of the fused MLP and a partial one
+def test_packed_inference_at_a_row_count_it_was_not_packed_for(count_fused):
+    # 3 x 40 x 37 = 4440 pixels, an odd row count other than the one the packed weights were told to expect
     ref = _perturb(Block(16)).eval()
     x = torch.randn(3, 16, 40, 37).contiguous(memory_format=torch.channels_last)
-    assert x.shape[0] * x.shape[2] * x.shape[3] > 2 * fast_block.TILE_ROWS
+    assert x.shape[0] * x.shape[2] * x.shape[3] not in (fast_block.PACK_ROWS_HINT, 2 * fast_block.PACK_ROWS_HINT)
     model = convnext.optimize(copy.deepcopy(ref))
     with torch.inference_mode():
         exact, expected = as_float64(ref)(x.double()), ref(x)
         assert_as_accurate(model(x), expected, exact, "optimized")
         assert_as_accurate(fast_block.FrozenBlock(ref, torch.float32)(x), expected, exact, "frozen")
-    assert all(count_tiled) == capabilities().linear_kernels(torch.float32)
+    assert all(count_fused) == capabilities().linear_kernels(torch.float32)
 
 
 def _real_batch(size: int = 64) -> torch.Tensor:

@@ -113,7 +113,7 @@ def describe(mode: str = "train", device: str | torch.device = "cpu", dtype: tor
             parts.append(f"ATen's {name} matmuls under autocast, the depthwise conv in fp32")
         parts.append(f"depthwise weight gradient {kernel_status()}")
     else:
-        parts.append("oneDNN fused Linear+GELU and Linear+add, tiled" if fused else "ATen's Linear layers")
+        parts.append("oneDNN fused Linear+GELU and Linear+add" if fused else "ATen's Linear layers")
     line = f"cpu {caps.isa} {name} {mode}: " + "; ".join(parts)
     if dtype == torch.bfloat16 and not caps.native_bf16:
         line += " (bf16 is emulated on this CPU: slower than fp32)"

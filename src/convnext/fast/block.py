@@ -26,11 +26,10 @@ from ..models.layers import Block, BlockV2
 from .dwconv import depthwise_conv
 from .mlp import onednn_fusion, pointwise_mlp
 
-# Pixels per tile of the fused inference MLP: a tile's 4C-wide hidden activation can stay in cache between the two
-# matmuls instead of a round trip to memory. On an AMD EPYC a stage-0 block of ConvNeXt-T ran as fast in tiles as
-# whole; on an Intel Xeon with AMX 8% slower (benchmarks/kernels.md, 2026-12-08 04:04 UTC). The Xeon A/B that
-# chose tiles was not recorded (docs/speed.md).
-TILE_ROWS = 2048
+# The row count oneDNN is told to expect when the frozen block packs its fp32 weights; the packed layout serves any
+# row count (stage 0 and stage 2 of ConvNeXt-T at batch 32 ran as fast with this hint as with their own row counts:
+# the kernel A/B in benchmarks/kernels.md).
+PACK_ROWS_HINT = 2048
 
 
 class FastBlock(Block):
@@ -229,8 +228,8 @@ class FrozenBlock(nn.Module):
                 # faster on an AMD EPYC at 2 threads in the 2026-11-29 19:40 record, 3-4% in the two of 2026-12-07
                 # (benchmarks/kernels.md). bf16 weights are left plain (no recorded gain). Opaque tensors that
                 # only oneDNN's Linear reads.
-                self.w1 = torch.ops.mkldnn._reorder_linear_weight(self.w1, TILE_ROWS)
-                self.w2 = torch.ops.mkldnn._reorder_linear_weight(self.w2, TILE_ROWS)
+                self.w1 = torch.ops.mkldnn._reorder_linear_weight(self.w1, PACK_ROWS_HINT)
+                self.w2 = torch.ops.mkldnn._reorder_linear_weight(self.w2, PACK_ROWS_HINT)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if torch.is_grad_enabled() and x.requires_grad:
@@ -251,8 +250,10 @@ def mlp_inference(y: torch.Tensor, shortcut: torch.Tensor, eps: float, ln_w: tor
                   b2: torch.Tensor | None, gamma: torch.Tensor | None, packed: bool = False) -> torch.Tensor:
     """`shortcut + gamma * pwconv2(GELU(pwconv1(LN(y))))` on channels_last NCHW tensors, without autograd.
 
-    Through oneDNN's fused Linear+GELU and Linear+add on tiles of `TILE_ROWS` pixels where those kernels work
-    for this dtype on this CPU (`capabilities()`); through ATen's ops on the whole tensor elsewhere.
+    Through oneDNN's fused Linear+GELU and Linear+add where those kernels work for this dtype on this CPU
+    (`capabilities()`); through ATen's ops elsewhere. The whole tensor at once: 2048-pixel tiles, which kept the
+    4C-wide activation in cache, were slower on an Intel Xeon with AMX (bf16 1.1-1.4x, fp32 1.1x) and even on an
+    AMD EPYC in fp32 (benchmarks/kernels.md).
     """
     n, c, h, w = y.shape
     y, shortcut = y.permute(0, 2, 3, 1), shortcut.permute(0, 2, 3, 1)  # contiguous NHWC views
@@ -260,16 +261,11 @@ def mlp_inference(y: torch.Tensor, shortcut: torch.Tensor, eps: float, ln_w: tor
         z = F.linear(F.gelu(F.linear(F.layer_norm(y, (c,), ln_w, ln_b, eps), w1, b1)), w2, b2)
         return (shortcut + (z if gamma is None else gamma * z)).permute(0, 3, 1, 2)
     y, shortcut = y.reshape(-1, c), shortcut.reshape(-1, c)
-    out = torch.empty_like(y)
-    for r in range(0, y.shape[0], TILE_ROWS):
-        t = F.layer_norm(y[r:r + TILE_ROWS], (c,), ln_w, ln_b, eps)
-        t = torch.ops.mkldnn._linear_pointwise(t, w1, b1, "gelu", [], "none")
-        if gamma is None:
-            out[r:r + TILE_ROWS] = torch.ops.mkldnn._linear_pointwise.binary(t, shortcut[r:r + TILE_ROWS], w2, b2,
-                                                                             "add")
-        else:
-            t = torch.ops.mkldnn._linear_pointwise(t, w2, b2, "none", [], "")
-            torch.addcmul(shortcut[r:r + TILE_ROWS], t, gamma, out=out[r:r + TILE_ROWS])
+    t = torch.ops.mkldnn._linear_pointwise(F.layer_norm(y, (c,), ln_w, ln_b, eps), w1, b1, "gelu", [], "none")
+    if gamma is None:
+        out = torch.ops.mkldnn._linear_pointwise.binary(t, shortcut, w2, b2, "add")
+    else:
+        out = torch.addcmul(shortcut, torch.ops.mkldnn._linear_pointwise(t, w2, b2, "none", [], ""), gamma)
     return out.view(n, h, w, c).permute(0, 3, 1, 2)
 
 
