@@ -26,9 +26,8 @@ from ..models.layers import Block, BlockV2
 from .dwconv import depthwise_conv
 from .mlp import onednn_fusion, pointwise_mlp
 
-# The row count oneDNN is told to expect when the frozen block packs its fp32 weights; the packed layout serves any
-# row count (stage 0 and stage 2 of ConvNeXt-T at batch 32 ran as fast with this hint as with their own row counts:
-# the kernel A/B in benchmarks/kernels.md).
+# The row count oneDNN is told to expect when the frozen block packs its fp32 weights. The packed layout serves any
+# row count (tests/test_fast.py runs one it was not packed for); the hint only picks among oneDNN's blockings.
 PACK_ROWS_HINT = 2048
 
 
@@ -225,9 +224,11 @@ class FrozenBlock(nn.Module):
             self.packed = dtype == torch.float32 and onednn_fusion(self.w1)
             if self.packed:
                 # oneDNN's own blocked layout, made once instead of inside every fp32 GEMM: a stage-0 block 11%
-                # faster on an AMD EPYC at 2 threads in the 2026-11-29 19:40 record, 3-4% in the two of 2026-12-07
-                # (benchmarks/kernels.md). bf16 weights are left plain (no recorded gain). Opaque tensors that
-                # only oneDNN's Linear reads.
+                # faster on an AMD EPYC at 2 threads in the 2026-11-29 19:40 record, 3-4% in the two of 2026-12-07;
+                # on an Intel Xeon with AMX even at stage 0 and 3% faster at stage 2 (2026-12-08 04:56;
+                # benchmarks/kernels.md). bf16 weights are left plain: packed, they ran 3-5% faster in that Xeon
+                # run, less than the 9% by which one configuration differed between two of its pairs. Opaque
+                # tensors that only oneDNN's Linear reads.
                 self.w1 = torch.ops.mkldnn._reorder_linear_weight(self.w1, PACK_ROWS_HINT)
                 self.w2 = torch.ops.mkldnn._reorder_linear_weight(self.w2, PACK_ROWS_HINT)
 
@@ -251,9 +252,10 @@ def mlp_inference(y: torch.Tensor, shortcut: torch.Tensor, eps: float, ln_w: tor
     """`shortcut + gamma * pwconv2(GELU(pwconv1(LN(y))))` on channels_last NCHW tensors, without autograd.
 
     Through oneDNN's fused Linear+GELU and Linear+add where those kernels work for this dtype on this CPU
-    (`capabilities()`); through ATen's ops elsewhere. The whole tensor at once: 2048-pixel tiles, which kept the
-    4C-wide activation in cache, were slower on an Intel Xeon with AMX (bf16 1.1-1.4x, fp32 1.1x) and even on an
-    AMD EPYC in fp32 (benchmarks/kernels.md).
+    (`capabilities()`); through ATen's ops elsewhere. The whole tensor at once: on 2048-pixel tiles, which kept the
+    4C-wide activation in cache, a frozen block took 1.19-1.20x as long in fp32 and 1.27-1.49x in bf16 at stages 0
+    and 2 of ConvNeXt-T on an Intel Xeon with AMX (2026-12-08 04:56). On an AMD EPYC (fp32, stage 0, three runs)
+    the whole tensor took 0.98-1.06x as long as the tiles (benchmarks/kernels.md).
     """
     n, c, h, w = y.shape
     y, shortcut = y.permute(0, 2, 3, 1), shortcut.permute(0, 2, 3, 1)  # contiguous NHWC views
