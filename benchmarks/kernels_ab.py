@@ -12,7 +12,8 @@ tuned allocator, the two sides of each pair alternating (median of --reps runs a
 - the depthwise 7x7 conv, forward + backward: bf16 against fp32 (why it stays fp32 under autocast, fast/block.py);
 - a frozen block (fast/block.py `FrozenBlock`) at stage 0 and stage 2 (384 channels at 14x14), fp32 and bf16:
   the MLP on 2048-pixel tiles (what it did until 2026-12-08) against the whole tensor at once, and weights packed
-  in oneDNN's layout against plain ones (fp32 packs, bf16 does not).
+  in oneDNN's layout (what `freeze` ships where oneDNN's fused Linear serves the dtype) against plain ones;
+  the same for the whole frozen ConvNeXt-T in bf16 at batch 32 and 1.
 
 Each run is APPENDED to benchmarks/results/kernels.jsonl and benchmarks/kernels.md is regenerated from it.
 
@@ -113,31 +114,42 @@ def measure(reps: int) -> list[dict]:
             for p in block.parameters():
                 p.uniform_(-0.1, 0.1)
         for dtype in (torch.float32, torch.bfloat16):
+            if not fast.capabilities().linear_kernels(dtype):  # tiles and packing exist for oneDNN's Linear only
+                continue
             act = torch.randn(N, c, size, size, generator=g).to(dtype).contiguous(memory_format=torch.channels_last)
             frozen = fast_block.FrozenBlock(block, dtype)
             name = {torch.float32: "fp32", torch.bfloat16: "bf16"}[dtype]
-            weights = "packed" if frozen.packed else "plain"
             with torch.inference_mode():
-                add(f"frozen block, {c} channels at {size}x{size} ({name}, {weights} weights)", "2048-pixel tiles",
+                add(f"frozen block, {c} channels at {size}x{size} ({name}, packed weights)", "2048-pixel tiles",
                     "whole tensor (shipped)", pair(lambda f=frozen, a=act: _tiled(f, a), lambda f=frozen, a=act: f(a),
                                                    reps))
             fusion = fast_block.onednn_fusion
-            if dtype == torch.float32:
-                try:
-                    fast_block.onednn_fusion = lambda t: False  # FrozenBlock then keeps its folded weights plain
-                    other = fast_block.FrozenBlock(block, dtype)
-                finally:
-                    fast_block.onednn_fusion = fusion
-                pair_labels = ("packed weights (shipped)", "plain weights")
-            else:  # bf16 weights are left plain: the alternative packs them as fp32's are
+            try:
+                fast_block.onednn_fusion = lambda t: False  # FrozenBlock then keeps its folded weights plain
                 other = fast_block.FrozenBlock(block, dtype)
-                other.w1, other.w2 = (torch.ops.mkldnn._reorder_linear_weight(w, fast_block.PACK_ROWS_HINT)
-                                      for w in (other.w1, other.w2))
-                other.packed = True
-                pair_labels = ("plain weights (shipped)", "packed weights")
+            finally:
+                fast_block.onednn_fusion = fusion
             with torch.inference_mode():
-                add(f"frozen block, {c} channels at {size}x{size} ({name}, whole tensor)", *pair_labels,
+                add(f"frozen block, {c} channels at {size}x{size} ({name}, whole tensor)", "packed weights (shipped)",
+                    "plain weights",
                     pair(lambda f=frozen, a=act: f(a), lambda f=other, a=act: f(a), reps))
+    if fast.capabilities().linear_kernels(torch.bfloat16):
+        model = convnext.create_model("convnext_tiny").eval()
+        with torch.no_grad():  # away from the near-identity init, as a trained model is
+            for p in model.parameters():
+                p.add_(torch.randn(p.shape, generator=g), alpha=0.02)
+        packed = convnext.freeze(model, torch.bfloat16)
+        fusion = fast_block.onednn_fusion
+        try:
+            fast_block.onednn_fusion = lambda t: False  # the blocks keep their folded weights plain
+            plain = convnext.freeze(model, torch.bfloat16)
+        finally:
+            fast_block.onednn_fusion = fusion
+        for batch in (32, 1):
+            xb = torch.randn(batch, 3, 224, 224, generator=g).to(torch.bfloat16)
+            with torch.inference_mode():
+                add(f"frozen ConvNeXt-T, bf16, batch {batch}", "packed weights (shipped)", "plain weights",
+                    pair(lambda x=xb: packed(x), lambda x=xb: plain(x), reps if batch > 1 else 5 * reps))
     return rows
 
 

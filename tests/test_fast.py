@@ -269,7 +269,7 @@ def test_eval_after_any_optimizer_step_sees_the_new_weights():
 
 
 def test_packed_inference_at_a_row_count_it_was_not_packed_for(count_fused):
-    # 3 x 40 x 37 = 4440 pixels, an odd row count other than the one the packed weights were told to expect
+    # 3 x 40 x 37 = 4440 pixels, a row count other than the one the packed weights were told to expect
     ref = _perturb(Block(16)).eval()
     x = torch.randn(3, 16, 40, 37).contiguous(memory_format=torch.channels_last)
     assert x.shape[0] * x.shape[2] * x.shape[3] not in (fast_block.PACK_ROWS_HINT, 2 * fast_block.PACK_ROWS_HINT)

@@ -58,10 +58,10 @@ def reference(model: nn.Module) -> Iterator[nn.Module]:
 
 def freeze(model: nn.Module, dtype: torch.dtype | None = None) -> nn.Module:
     """An inference-only copy of `model` with each block's weights folded once (LayerNorm's affine into
-    pwconv1, gamma into pwconv2), cast to `dtype` (default: the model's) and, in fp32 on a CPU with oneDNN,
-    packed into oneDNN's layout. ConvNeXt V2's blocks, whose GRN sits between the pointwise layers, are not
-    folded: they run optimized, in `dtype`. The copy shares nothing with `model`: train or change `model` and
-    freeze again.
+    pwconv1, gamma into pwconv2), cast to `dtype` (default: the model's) and, where oneDNN's fused Linear serves
+    `dtype` on this CPU, packed into oneDNN's layout. ConvNeXt V2's blocks, whose GRN sits between the pointwise
+    layers, are not folded: they run optimized, in `dtype`. The copy shares nothing with `model`: train or change
+    `model` and freeze again.
 
     Freeze after moving the model to its device; the copy runs in eval mode, without gradients.
     """

@@ -11,8 +11,9 @@
   depthwise weight gradient in training, oneDNN's fused Linear+GELU and Linear+add in inference, and GRN as one
   per-sample, per-channel scale (`x * (1 + gamma * n) + beta`, its norms in fp32 whatever the autocast dtype).
 - `FrozenBlock` is an inference-only snapshot made by `freeze`: LayerNorm's affine folded into pwconv1 and
-  gamma into pwconv2, cast once to the inference dtype and, in fp32, packed into oneDNN's weight layout. It
-  keeps no link to the block it was made from, so nothing can make it stale; it has no gradients.
+  gamma into pwconv2, cast once to the inference dtype and, where oneDNN's fused Linear serves it, packed into
+  oneDNN's layout. It keeps no link to the block it was made from, so nothing can make it stale; it has no
+  gradients.
 """
 
 from __future__ import annotations
@@ -26,8 +27,9 @@ from ..models.layers import Block, BlockV2
 from .dwconv import depthwise_conv
 from .mlp import onednn_fusion, pointwise_mlp
 
-# The row count oneDNN is told to expect when the frozen block packs its fp32 weights. The packed layout serves any
-# row count (tests/test_fast.py runs one it was not packed for); the hint only picks among oneDNN's blockings.
+# The row count oneDNN is told to expect when the frozen block packs its weights: the tile size the blocks had until
+# 2026-12-08, not re-tuned for whole tensors. The packed layout serves any row count (tests/test_fast.py runs one it
+# was not packed for); the hint only picks among oneDNN's blockings.
 PACK_ROWS_HINT = 2048
 
 
@@ -221,13 +223,12 @@ class FrozenBlock(nn.Module):
                 w2, b2 = gamma[:, None] * w2, gamma * b2
             self.dw_w, self.dw_b = (t.detach().to(dtype).clone() for t in (block.dwconv.weight, block.dwconv.bias))
             self.w1, self.b1, self.w2, self.b2 = (t.to(dtype).contiguous() for t in (w1, b1, w2, b2))
-            self.packed = dtype == torch.float32 and onednn_fusion(self.w1)
+            self.packed = onednn_fusion(self.w1)
             if self.packed:
-                # oneDNN's own blocked layout, made once instead of inside every fp32 GEMM: a stage-0 block 11%
+                # oneDNN's own blocked layout, made once instead of inside every GEMM. fp32: a stage-0 block 11%
                 # faster on an AMD EPYC at 2 threads in the 2026-11-29 19:40 record, 3-4% in the two of 2026-12-07;
-                # on an Intel Xeon with AMX even at stage 0 and 3% faster at stage 2 (2026-12-08 04:56;
-                # benchmarks/kernels.md). bf16 weights are left plain: packed, they ran 3-5% faster in that Xeon
-                # run, less than the 9% by which one configuration differed between two of its pairs. Opaque
+                # on an Intel Xeon with AMX no different at stage 0 and 3% faster at stage 2 (2026-12-08 04:56,
+                # within that run's pair-to-pair spread). bf16 on that Xeon: see benchmarks/kernels.md. Opaque
                 # tensors that only oneDNN's Linear reads.
                 self.w1 = torch.ops.mkldnn._reorder_linear_weight(self.w1, PACK_ROWS_HINT)
                 self.w2 = torch.ops.mkldnn._reorder_linear_weight(self.w2, PACK_ROWS_HINT)
@@ -238,7 +239,7 @@ class FrozenBlock(nn.Module):
                                "train the model itself (convnext.optimize(model) makes training fast)")
         if self.packed and (x.device.type != "cpu" or torch.compiler.is_compiling()):
             raise RuntimeError("a frozen model's packed oneDNN weights run on the CPU and in eager mode only: "
-                               "compile or move the model itself, or freeze(model, pack=False)")
+                               "compile or move the model itself")
         with torch.autocast(x.device.type, enabled=False):
             x = x.to(self.dtype).contiguous(memory_format=torch.channels_last)
             y = F.conv2d(x, self.dw_w, self.dw_b, padding=self.padding, groups=self.groups)
@@ -267,7 +268,8 @@ def mlp_inference(y: torch.Tensor, shortcut: torch.Tensor, eps: float, ln_w: tor
     if gamma is None:
         out = torch.ops.mkldnn._linear_pointwise.binary(t, shortcut, w2, b2, "add")
     else:
-        out = torch.addcmul(shortcut, torch.ops.mkldnn._linear_pointwise(t, w2, b2, "none", [], ""), gamma)
+        z = torch.ops.mkldnn._linear_pointwise(t, w2, b2, "none", [], "")
+        out = torch.addcmul(shortcut, z, gamma, out=z)  # over z: one (M, C) buffer fewer at the peak
     return out.view(n, h, w, c).permute(0, 3, 1, 2)
 
 
