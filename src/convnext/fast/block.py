@@ -227,9 +227,10 @@ class FrozenBlock(nn.Module):
             if self.packed:
                 # oneDNN's own blocked layout, made once instead of inside every GEMM. fp32: a stage-0 block 11%
                 # faster on an AMD EPYC at 2 threads in the 2026-11-29 19:40 record, 3-4% in the two of 2026-12-07;
-                # on an Intel Xeon with AMX no different at stage 0 and 3% faster at stage 2 (2026-12-08 04:56,
-                # within that run's pair-to-pair spread). bf16 on that Xeon: see benchmarks/kernels.md. Opaque
-                # tensors that only oneDNN's Linear reads.
+                # on an Intel Xeon with AMX -2% to +5% per block, within its runs' pair-to-pair spread. bf16 on
+                # that Xeon: -3% to +5% per block; the whole frozen ConvNeXt-T took 2% less time at batch 32 and 7%
+                # less at batch 1 (2026-12-08 04:56 and 05:57; benchmarks/kernels.md). Opaque tensors that only oneDNN's
+                # Linear reads.
                 self.w1 = torch.ops.mkldnn._reorder_linear_weight(self.w1, PACK_ROWS_HINT)
                 self.w2 = torch.ops.mkldnn._reorder_linear_weight(self.w2, PACK_ROWS_HINT)
 
@@ -254,9 +255,10 @@ def mlp_inference(y: torch.Tensor, shortcut: torch.Tensor, eps: float, ln_w: tor
 
     Through oneDNN's fused Linear+GELU and Linear+add where those kernels work for this dtype on this CPU
     (`capabilities()`); through ATen's ops elsewhere. The whole tensor at once: on 2048-pixel tiles, which kept the
-    4C-wide activation in cache, a frozen block took 1.19-1.20x as long in fp32 and 1.27-1.49x in bf16 at stages 0
-    and 2 of ConvNeXt-T on an Intel Xeon with AMX (2026-12-08 04:56). On an AMD EPYC (fp32, stage 0, three runs)
-    the whole tensor took 0.98-1.06x as long as the tiles (benchmarks/kernels.md).
+    4C-wide activation in cache, a frozen block took 1.08-1.20x as long in fp32 and 1.27-1.54x in bf16 at stages 0
+    and 2 of ConvNeXt-T on an Intel Xeon with AMX (2026-12-08 04:56 and 05:57). On an AMD EPYC (fp32, stage 0,
+    three runs) the whole tensor took 0.98-1.06x as long as the tiles; bf16 there is not measured yet
+    (benchmarks/kernels.md).
     """
     n, c, h, w = y.shape
     y, shortcut = y.permute(0, 2, 3, 1), shortcut.permute(0, 2, 3, 1)  # contiguous NHWC views
