@@ -23,13 +23,15 @@ Each run is APPENDED to benchmarks/results/kernels.jsonl and benchmarks/kernels.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime as dt
 import json
 import os
 import statistics
 import sys
 import time
-from collections.abc import Callable
+import unittest.mock
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import torch
@@ -123,12 +125,8 @@ def measure(reps: int) -> list[dict]:
                 add(f"frozen block, {c} channels at {size}x{size} ({name}, packed weights)", "2048-pixel tiles",
                     "whole tensor (shipped)", pair(lambda f=frozen, a=act: _tiled(f, a), lambda f=frozen, a=act: f(a),
                                                    reps))
-            fusion = fast_block.onednn_fusion
-            try:
-                fast_block.onednn_fusion = lambda t: False  # FrozenBlock then keeps its folded weights plain
+            with _plain_weights():
                 other = fast_block.FrozenBlock(block, dtype)
-            finally:
-                fast_block.onednn_fusion = fusion
             with torch.inference_mode():
                 add(f"frozen block, {c} channels at {size}x{size} ({name}, whole tensor)", "packed weights (shipped)",
                     "plain weights",
@@ -139,18 +137,22 @@ def measure(reps: int) -> list[dict]:
             for p in model.parameters():
                 p.add_(torch.randn(p.shape, generator=g), alpha=0.02)
         packed = convnext.freeze(model, torch.bfloat16)
-        fusion = fast_block.onednn_fusion
-        try:
-            fast_block.onednn_fusion = lambda t: False  # the blocks keep their folded weights plain
+        with _plain_weights():
             plain = convnext.freeze(model, torch.bfloat16)
-        finally:
-            fast_block.onednn_fusion = fusion
         for batch in (32, 1):
             xb = torch.randn(batch, 3, 224, 224, generator=g).to(torch.bfloat16)
             with torch.inference_mode():
                 add(f"frozen ConvNeXt-T, bf16, batch {batch}", "packed weights (shipped)", "plain weights",
                     pair(lambda x=xb: packed(x), lambda x=xb: plain(x), reps if batch > 1 else 5 * reps))
     return rows
+
+
+@contextlib.contextmanager
+def _plain_weights() -> Iterator[None]:
+    """FrozenBlocks made within keep their folded weights plain (unpacked); they still run oneDNN's fused Linear,
+    which `mlp_inference` chooses per call."""
+    with unittest.mock.patch.object(fast_block, "onednn_fusion", lambda t: False):
+        yield
 
 
 def _tiled(frozen: fast_block.FrozenBlock, x: torch.Tensor, tile: int = 2048) -> torch.Tensor:
